@@ -1,0 +1,329 @@
+"""``bastion-clamscan``: a drop-in for ClamAV's ``clamscan``.
+
+Same option names and meanings for what scripts use, same result lines (``path: Name FOUND``,
+``path: OK``, ``path: Empty file``, ``path: Excluded``, ``path: Symbolic link``), the same
+``SCAN SUMMARY`` block and exit codes (0 clean, 1 found, 2 error).  Differences that remain are
+listed in the README.  Options clamscan has that Bastion does not act on yet are accepted, and named
+in a warning so nobody is misled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from typing import TextIO
+
+from bastion import CLAMAV_COMPAT_VERSION, __version__
+from bastion.cli.common import SignatureError, load_database, parse_size
+from bastion.cli.runner import default_jobs, scan_entries
+from bastion.cli.walker import Entry, Kind, WalkOptions, walk
+from bastion.engine import Engine, ScanOptions, ScanResult
+
+# clamscan options accepted for compatibility but not acted on yet (value-taking, flag-like).
+_IGNORED_VALUE_OPTIONS = (
+    "--scan-pe", "--scan-elf", "--scan-ole2", "--scan-pdf", "--scan-swf", "--scan-html", "--scan-xmldocs",
+    "--scan-hwp3", "--scan-onenote", "--scan-archive", "--scan-mail", "--scan-image", "--scan-image-fuzzy-hash",
+    "--alert-broken", "--alert-broken-media", "--alert-encrypted", "--alert-encrypted-archive",
+    "--alert-encrypted-doc", "--alert-macros", "--alert-exceeds-max", "--alert-phishing-ssl",
+    "--alert-phishing-cloak", "--alert-partition-intersection", "--heuristic-alerts", "--heuristic-scan-precedence",
+    "--phishing-sigs", "--phishing-scan-urls", "--bytecode", "--bytecode-unsigned", "--bytecode-timeout",
+    "--statistics", "--max-files", "--max-recursion", "--max-dir-recursion", "--max-embeddedpe",
+    "--max-htmlnormalize", "--max-htmlnotags", "--max-scriptnormalize", "--max-ziptypercg", "--max-partitions",
+    "--max-iconspe", "--max-rechwp3", "--pcre-match-limit", "--pcre-recmatch-limit", "--pcre-max-filesize",
+    "--max-scantime", "--disable-cache", "--nocerts", "--dumpcerts", "--tempdir", "--leave-temps", "--gen-json",
+    "--gen-mdb", "--official-db-only", "--exclude-pua", "--include-pua", "--structured-ssn-format",
+    "--structured-ssn-count", "--structured-cc-count", "--structured-cc-mode", "--detect-structured",
+    "--fips-limits", "--cvdcertsdir", "--normalize", "--force-to-disk", "--disable-certs", "--bell",
+    "--follow-dir-symlinks", "--follow-file-symlinks",
+)
+
+
+@dataclass(slots=True)
+class Tally:
+    directories: int = 0
+    files: int = 0
+    infected: int = 0
+    errors: int = 0
+    bytes_scanned: int = 0
+    bytes_read: int = 0
+    had_problem: bool = False  # missing / unsupported targets: exit 2 when nothing was found
+
+
+class Output:
+    """Result lines to stdout (and the log); warnings to stderr unless --stdout."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.quiet = args.quiet
+        self.infected_only = args.infected
+        self.suppress_ok = args.suppress_ok_results or args.infected
+        self.err: TextIO = sys.stdout if args.stdout else sys.stderr
+        self.log: TextIO | None = None
+        if args.log:
+            self.log = open(args.log, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def result(self, line: str, infected: bool = False, ok: bool = False) -> None:
+        if self.log is not None:
+            self.log.write(line + "\n")
+        if self.quiet and not infected:
+            return
+        if ok and self.suppress_ok:
+            return
+        if self.infected_only and not infected:
+            return
+        sys.stdout.write(line + "\n")
+
+    def warn(self, line: str) -> None:
+        if self.log is not None:
+            self.log.write(line + "\n")
+        self.err.write(line + "\n")
+        self.err.flush()
+
+    def summary(self, text: str) -> None:
+        if self.log is not None:
+            self.log.write(text)
+        if not self.quiet:
+            sys.stdout.write(text)
+
+    def close(self) -> None:
+        sys.stdout.flush()
+        if self.log is not None:
+            self.log.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bastion-clamscan", add_help=False,
+        description="Scan files and directories for viruses (a drop-in for ClamAV's clamscan).")
+    p.add_argument("-h", "--help", action="help", help="show this help and exit")
+    p.add_argument("-V", "--version", action="store_true", help="print version number")
+    p.add_argument("-d", "--database", action="append", default=[], metavar="FILE/DIR",
+                   help="load virus database from FILE or from all supported db files in DIR")
+    p.add_argument("-r", "--recursive", action="store_true", help="scan subdirectories recursively")
+    p.add_argument("-i", "--infected", action="store_true", help="only print infected files")
+    p.add_argument("-o", "--suppress-ok-results", action="store_true", help="skip printing OK files")
+    p.add_argument("--no-summary", action="store_true", help="disable summary at end of scanning")
+    p.add_argument("--stdout", action="store_true", help="write to stdout instead of stderr")
+    p.add_argument("--quiet", action="store_true", help="only output error messages")
+    p.add_argument("-l", "--log", metavar="FILE", help="save scan report to FILE")
+    p.add_argument("-f", "--file-list", metavar="FILE", help="scan files from FILE")
+    p.add_argument("--exclude", action="append", default=[], metavar="REGEX",
+                   help="don't scan file names matching REGEX")
+    p.add_argument("--exclude-dir", action="append", default=[], metavar="REGEX",
+                   help="don't scan directories matching REGEX")
+    p.add_argument("--include", action="append", default=[], metavar="REGEX",
+                   help="only scan file names matching REGEX")
+    p.add_argument("--include-dir", action="append", default=[], metavar="REGEX",
+                   help="only scan directories matching REGEX")
+    p.add_argument("--max-filesize", metavar="#n", default="100M",
+                   help="files larger than this will be skipped and assumed clean (default 100M)")
+    p.add_argument("--max-scansize", metavar="#n", default="400M",
+                   help="the maximum amount of data to scan for each container file (default 400M)")
+    p.add_argument("-z", "--allmatch", action="store_true", help="continue scanning within file after finding a match")
+    p.add_argument("--detect-pua", nargs="?", const="yes", default="no", metavar="yes/no",
+                   help="detect possibly unwanted applications (loads .hdu/.hsu/.ndu)")
+    p.add_argument("--cross-fs", nargs="?", const="yes", default="yes", metavar="yes/no",
+                   help="scan files and directories on other filesystems")
+    p.add_argument("--debug", action="store_true", help="enable debug messages (database load report)")
+    p.add_argument("-v", "--verbose", action="store_true", help="be verbose")
+    p.add_argument("-a", "--archive-verbose", action="store_true", help="show filenames inside scanned archives")
+    p.add_argument("-j", "--jobs", type=int, default=default_jobs(), metavar="N",
+                   help="scan with N worker threads (Bastion; default: all cores)")
+    for name in ("--move", "--copy"):
+        p.add_argument(name, metavar="DIRECTORY", help=argparse.SUPPRESS)
+    p.add_argument("--remove", nargs="?", const="yes", help=argparse.SUPPRESS)
+    for name in _IGNORED_VALUE_OPTIONS:
+        p.add_argument(name, nargs="?", const="yes", default=None, help=argparse.SUPPRESS)
+    p.add_argument("targets", nargs="*", metavar="FILE/DIR")
+    return p
+
+
+def _yes(value: str) -> bool:
+    return value.lower() in ("yes", "y", "1", "true", "on")
+
+
+def _compile_all(patterns: list[str], option: str) -> list[re.Pattern[str]]:
+    out = []
+    for text in patterns:
+        try:
+            out.append(re.compile(text))
+        except re.error as exc:
+            raise ValueError(f"{option}: bad regular expression {text!r}: {exc}") from None
+    return out
+
+
+def _summary(db_count: int, tally: Tally, started: float, start_wall: float) -> str:
+    elapsed = time.time() - start_wall
+    mb_scanned = tally.bytes_scanned / (1024 * 1024)
+    mb_read = tally.bytes_read / (1024 * 1024)
+    ratio = (mb_scanned / mb_read) if mb_read else 0.0
+    lines = [
+        "",
+        "----------- SCAN SUMMARY -----------",
+        f"Known viruses: {db_count}",
+        f"Engine version: {CLAMAV_COMPAT_VERSION} (Bastion {__version__})",
+        f"Scanned directories: {tally.directories}",
+        f"Scanned files: {tally.files}",
+        f"Infected files: {tally.infected}",
+    ]
+    if tally.errors:
+        lines.append(f"Total errors: {tally.errors}")
+    lines += [
+        f"Data scanned: {mb_scanned:.2f} MB",
+        f"Data read: {mb_read:.2f} MB (ratio {ratio:.2f}:1)",
+        f"Time: {elapsed:.3f} sec ({int(elapsed) // 60} m {int(elapsed) % 60} s)",
+        f"Start Date: {time.strftime('%Y:%m:%d %H:%M:%S', time.localtime(start_wall))}",
+        f"End Date:   {time.strftime('%Y:%m:%d %H:%M:%S', time.localtime())}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _report_result(out: Output, tally: Tally, name: str, res: ScanResult) -> None:
+    if res.error:
+        if res.error == "Not a regular file":
+            out.warn(f"WARNING: {name}: Not supported file type")
+            tally.had_problem = True
+            return
+        tally.errors += 1
+        out.warn(f"{name}: {res.error}")
+        out.result(f"{name}: Access denied ERROR" if res.errno == 13 else f"{name}: Can't read file ERROR")
+        return
+    if res.size == 0 and res.skipped is None:
+        out.result(f"{name}: Empty file", ok=True)
+        return
+    tally.files += 1
+    tally.bytes_read += res.size
+    tally.bytes_scanned += res.bytes_scanned
+    if res.detections:
+        tally.infected += 1
+        for det in res.detections:
+            out.result(f"{name}: {det.name} FOUND", infected=True)
+    else:
+        out.result(f"{name}: OK", ok=True)
+
+
+def _handle_entry(out: Output, tally: Tally, entry: Entry, res: ScanResult | None) -> None:
+    kind = entry.kind
+    if kind is Kind.FILE and res is not None:
+        _report_result(out, tally, entry.path, res)
+    elif kind is Kind.DIRECTORY:
+        tally.directories += 1
+    elif kind is Kind.EXCLUDED:
+        out.result(f"{entry.path}: Excluded", ok=True)
+    elif kind is Kind.SYMLINK:
+        out.result(f"{entry.path}: Symbolic link", ok=True)
+    elif kind is Kind.UNSUPPORTED:
+        tally.had_problem = True
+        out.warn(f"WARNING: {entry.path}: Not supported file type")
+    elif kind is Kind.MISSING:
+        tally.had_problem = True
+        out.warn(f"{entry.path}: {entry.detail}")
+        out.warn(f"WARNING: {entry.path}: Can't access file")
+    elif kind is Kind.ERROR:
+        tally.errors += 1
+        out.warn(f"ERROR: {entry.path}: {entry.detail}")
+
+
+def _debug_report(db: object, out: Output) -> None:
+    from bastion.database.compiled import Database
+
+    assert isinstance(db, Database)
+    rep = db.report
+    out.warn(f"Bastion debug: database {db.version[:16]} ({'cache' if db.from_cache else 'compiled'}, "
+             f"{db.load_seconds:.3f}s)")
+    for path in rep.loaded_files:
+        out.warn(f"Bastion debug: loaded {path}")
+    for path, why in rep.skipped_files:
+        out.warn(f"Bastion debug: not loaded {path}: {why}")
+    out.warn(f"Bastion debug: {db.signature_count} signatures; skipped by functionality level "
+             f"{rep.skipped_by_flevel}, by target type {rep.skipped_by_target}, ignored by name "
+             f"{rep.ignored_by_name}, macro members {rep.macro_members}; body matcher modes "
+             f"{db.bodies.mode_counts()}")
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.version:
+        print(f"ClamAV {CLAMAV_COMPAT_VERSION} (Bastion {__version__})")
+        return 0
+    out = Output(args)
+    try:
+        return _run(args, out)
+    finally:
+        out.close()
+
+
+def _run(args: argparse.Namespace, out: Output) -> int:
+    if args.move or args.copy or args.remove:
+        out.warn("ERROR: --move, --copy and --remove are not available yet: Bastion never changes files "
+                 "unless it can do so without losing anything (quarantine comes with a later release)")
+        return 2
+    used_ignored = [n for n in _IGNORED_VALUE_OPTIONS if getattr(args, n[2:].replace("-", "_")) is not None]
+    if used_ignored and not args.quiet:
+        out.warn(f"WARNING: accepted but not acted on by Bastion yet: {', '.join(used_ignored)}")
+    try:
+        max_filesize = parse_size(args.max_filesize) or (1 << 62)
+        max_scansize = parse_size(args.max_scansize) or (1 << 62)
+        walk_opts = WalkOptions(
+            recursive=args.recursive,
+            exclude=_compile_all(args.exclude, "--exclude"),
+            exclude_dir=_compile_all(args.exclude_dir, "--exclude-dir"),
+            include=_compile_all(args.include, "--include"),
+            include_dir=_compile_all(args.include_dir, "--include-dir"),
+            cross_fs=_yes(args.cross_fs),
+        )
+    except ValueError as exc:
+        out.warn(f"ERROR: {exc}")
+        return 2
+    start_wall = time.time()
+    started = time.perf_counter()
+    try:
+        db = load_database(args.database, pua=_yes(args.detect_pua))
+    except SignatureError as exc:
+        out.warn(f"ERROR: Can't load database: {exc}")
+        return 2
+    if args.debug:
+        _debug_report(db, out)
+    engine = Engine(db, ScanOptions(allmatch=args.allmatch, max_filesize=max_filesize, max_scansize=max_scansize))
+    targets = list(args.targets)
+    if args.file_list:
+        try:
+            with open(args.file_list, encoding="utf-8", errors="surrogateescape") as fh:
+                targets += [line.rstrip("\n") for line in fh if line.strip()]
+        except OSError as exc:
+            out.warn(f"ERROR: --file-list: {args.file_list}: {exc.strerror}")
+            return 2
+    elif not targets:
+        targets = [os.getcwd()]
+    tally = Tally()
+    if targets == ["-"]:
+        data = sys.stdin.buffer.read()
+        _report_result(out, tally, "stdin", engine.scan_bytes(data, "stdin"))
+    else:
+        entries = walk([t for t in targets if t != "-"], walk_opts)
+        for entry, res in scan_entries(engine, entries, max(1, args.jobs)):
+            _handle_entry(out, tally, entry, res)
+    if not args.no_summary:
+        out.summary(_summary(db.signature_count, tally, started, start_wall))
+    if tally.infected:
+        return 1
+    if tally.errors or tally.had_problem:
+        return 2
+    return 0
+
+
+def main() -> None:
+    try:
+        code = run()
+    except KeyboardInterrupt:
+        code = 2
+    except BrokenPipeError:
+        code = 2
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

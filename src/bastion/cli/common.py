@@ -1,0 +1,27 @@
+"""What both command-line front ends share: loading the database with a clear error, sizes."""
+
+from __future__ import annotations
+
+import re
+
+from bastion.database.compiled import Database, open_database
+from bastion.signatures.errors import SignatureError
+
+_SIZE = re.compile(r"(\d+)([kKmMgG]?)")
+
+
+def parse_size(text: str) -> int:
+    """clamscan's size syntax: a number with an optional K or M (G accepted) suffix."""
+    m = _SIZE.fullmatch(text.strip())
+    if not m:
+        raise ValueError(f"invalid size {text!r}")
+    unit = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[m.group(2).lower()]
+    return int(m.group(1)) * unit
+
+
+def load_database(paths: list[str] | None, pua: bool = False) -> Database:
+    """Load or fail with :class:`SignatureError` (``file:line: reason``); never a partial database."""
+    return open_database(paths or None, pua=pua)
+
+
+__all__ = ["Database", "SignatureError", "load_database", "parse_size"]

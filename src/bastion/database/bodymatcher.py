@@ -1,0 +1,153 @@
+"""Compiled body-signature matcher state: Hyperscan databases plus what is needed to confirm a hit.
+
+Matcher choice (bench/matchers.py, results in bench/README.md): Hyperscan compiles ClamAV's wildcard
+syntax directly (nibbles, ranges, alternations become regex classes and bounded repeats), scans
+at several GB/s, serializes its compiled state (load in milliseconds) and releases the GIL while
+scanning, so threads share one database.  Aho-Corasick libraries only handle literals and need a
+verification pass for every wildcard pattern.
+
+Each pattern is compiled in the best mode Hyperscan accepts:
+
+* ``exact``: its prefilter regex as is (a superset only where the pattern uses zero-width tokens);
+* ``prefilter``: with ``HS_FLAG_PREFILTER`` (Hyperscan may widen it, never narrow it);
+* ``literal``: its longest literal run (ClamAV requires every signature to have one).
+
+In every mode the engine confirms the hit with the exact Python regex, so no signature is dropped and
+none can match more than it should.  There are two databases: ``raw`` for signatures matched against
+the object's bytes, and ``normalized`` for target types 3 (HTML) and 7 (ASCII text), which ClamAV
+matches against normalized text.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import hyperscan
+
+from bastion.signatures.hexpattern import literal_regex
+from bastion.signatures.model import BodySignature
+from bastion.signatures.offsets import Anchor, Offset
+
+NORMALIZED_TARGETS = frozenset({3, 7})
+_BASE_FLAGS = hyperscan.HS_FLAG_DOTALL | hyperscan.HS_FLAG_SINGLEMATCH
+_META_FILE = "bodies.marshal"
+
+
+@dataclass(frozen=True, slots=True)
+class BodyEntry:
+    """What the engine needs about one body signature at scan time (compact, picklable)."""
+
+    name: str
+    target: int
+    anchor: str
+    value: int
+    section: int
+    maxshift: int
+    regex: bytes
+    pattern: str
+    source_index: int
+    line: int
+    mode: str
+
+    @property
+    def offset(self) -> Offset:
+        return Offset(Anchor(self.anchor), self.value, self.section, self.maxshift)
+
+
+def _try_compile(expressions: Sequence[bytes], ids: Sequence[int], flags: Sequence[int]) -> hyperscan.Database | None:
+    db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+    try:
+        db.compile(expressions=list(expressions), ids=list(ids), elements=len(expressions), flags=list(flags))
+    except hyperscan.error:
+        return None
+    return db
+
+
+def _compile_group(bodies: list[BodySignature], members: list[int]) -> tuple[bytes | None, dict[int, str]]:
+    """Compile ``members`` (indexes into ``bodies``); returns (serialized DB, mode per member)."""
+    if not members:
+        return None, {}
+    exprs = {i: bodies[i].prefilter for i in members}
+    flags = dict.fromkeys(members, _BASE_FLAGS)
+    modes = dict.fromkeys(members, "exact")
+    for i in members:
+        if not bodies[i].prefilter_exact:
+            modes[i] = "superset"
+
+    def find_bad(group: list[int]) -> list[int]:
+        if _try_compile([exprs[i] for i in group], group, [flags[i] for i in group]) is not None:
+            return []
+        if len(group) == 1:
+            return group
+        mid = len(group) // 2
+        return find_bad(group[:mid]) + find_bad(group[mid:])
+
+    db = _try_compile([exprs[i] for i in members], members, [flags[i] for i in members])
+    if db is None:
+        for i in find_bad(members):
+            flags[i] = _BASE_FLAGS | hyperscan.HS_FLAG_PREFILTER
+            modes[i] = "prefilter"
+            if _try_compile([exprs[i]], [i], [flags[i]]) is None:
+                exprs[i] = literal_regex(bodies[i].longest_literal)
+                flags[i] = _BASE_FLAGS
+                modes[i] = "literal"
+        db = _try_compile([exprs[i] for i in members], members, [flags[i] for i in members])
+        if db is None:
+            raise RuntimeError("Hyperscan refused the body-signature database after fallbacks")
+    return hyperscan.dumpb(db), modes
+
+
+class BodyMatcher:
+    """The compiled body signatures: two Hyperscan databases and one entry per signature."""
+
+    def __init__(self, entries: list[BodyEntry], raw: bytes | None, normalized: bytes | None) -> None:
+        self.entries = entries
+        self.raw_blob = raw
+        self.normalized_blob = normalized
+        self.raw = hyperscan.loadb(raw, hyperscan.HS_MODE_BLOCK) if raw else None
+        self.normalized = hyperscan.loadb(normalized, hyperscan.HS_MODE_BLOCK) if normalized else None
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @classmethod
+    def build(cls, bodies: list[BodySignature]) -> BodyMatcher:
+        raw_ids = [i for i, b in enumerate(bodies) if b.target not in NORMALIZED_TARGETS]
+        norm_ids = [i for i, b in enumerate(bodies) if b.target in NORMALIZED_TARGETS]
+        raw, raw_modes = _compile_group(bodies, raw_ids)
+        norm, norm_modes = _compile_group(bodies, norm_ids)
+        modes = raw_modes | norm_modes
+        entries = [
+            BodyEntry(b.name, b.target, b.offset.anchor.value, b.offset.value, b.offset.section,
+                      b.offset.maxshift, b.regex, b.pattern, b.source_index, b.line, modes[i])
+            for i, b in enumerate(bodies)
+        ]
+        return cls(entries, raw, norm)
+
+    def save(self, directory: str) -> None:
+        for stem, blob in (("raw", self.raw_blob), ("normalized", self.normalized_blob)):
+            if blob:
+                with open(os.path.join(directory, f"{stem}.hs"), "wb") as fh:
+                    fh.write(blob)
+        rows = [tuple(getattr(e, f) for f in BodyEntry.__slots__) for e in self.entries]
+        with open(os.path.join(directory, _META_FILE), "wb") as fh:
+            marshal.dump(rows, fh)
+
+    @classmethod
+    def load(cls, directory: str) -> BodyMatcher:
+        blobs: dict[str, bytes | None] = {}
+        for stem in ("raw", "normalized"):
+            path = os.path.join(directory, f"{stem}.hs")
+            blobs[stem] = open(path, "rb").read() if os.path.exists(path) else None  # noqa: SIM115
+        with open(os.path.join(directory, _META_FILE), "rb") as fh:
+            rows = marshal.load(fh)  # plain tuples of str/int/bytes: no code is ever loaded
+        return cls([BodyEntry(*r) for r in rows], blobs["raw"], blobs["normalized"])
+
+    def mode_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for e in self.entries:
+            counts[e.mode] = counts.get(e.mode, 0) + 1
+        return counts

@@ -1,0 +1,196 @@
+"""The compiled database: what the engine scans with.  Built once, cached on disk, loaded by mmap.
+
+Layout of one cached database (a directory named after its cache key)::
+
+    manifest.json                 format version, key, sources with digests, counts, load report
+    <kind>-<purpose>.*.npy/.names hash tables (database/hashtable.py), memory-mapped
+    raw.hs / normalized.hs        serialized Hyperscan databases (database/bodymatcher.py)
+    bodies.marshal                per body signature: name, target, offset, exact regex, source
+
+The cache key is a digest of Bastion's version, the functionality level, the options that change
+what loads (PUA) and every input file's path, role and SHA-256, so editing a signature file, adding
+one or upgrading Bastion compiles a new database; anything else reuses the cached one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+
+from bastion import FUNCTIONALITY_LEVEL, __version__
+from bastion.database.atomic import publish_directory
+from bastion.database.bodymatcher import BodyMatcher
+from bastion.database.hashtable import HashTable
+from bastion.signatures.loader import Discovery, default_database_paths, discover, parse_sources
+from bastion.signatures.model import HashKind, HashPurpose, LoadReport, SignatureSet
+
+FORMAT_VERSION = 1
+CACHE_DIR_ENV = "BASTION_CACHE_DIR"
+# Compiled databases kept in the cache besides the one in use (oldest are removed).
+CACHE_KEEP = 4
+
+
+@dataclass(frozen=True, slots=True)
+class SourceInfo:
+    path: str
+    sha256: str
+    official: bool
+
+
+@dataclass(slots=True)
+class Database:
+    """A loaded, immutable signature database shared by every worker of a process.
+
+    ``version`` is the cache key: the digest of everything that went into it.
+    """
+
+    version: str
+    sources: list[SourceInfo]
+    hash_tables: dict[tuple[HashKind, HashPurpose], HashTable]
+    bodies: BodyMatcher
+    report: LoadReport
+    path: str | None = None
+    load_seconds: float = 0.0
+    from_cache: bool = False
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def signature_count(self) -> int:
+        """Signatures that can alert (``Known viruses`` in clamscan's summary)."""
+        hashes = sum(len(t) for (_, p), t in self.hash_tables.items() if p is HashPurpose.DETECT)
+        return hashes + len(self.bodies)
+
+    def table(self, kind: HashKind, purpose: HashPurpose) -> HashTable | None:
+        return self.hash_tables.get((kind, purpose))
+
+    @classmethod
+    def compile(cls, sigset: SignatureSet, version: str) -> Database:
+        tables = {
+            key: HashTable.build(cols, key[0].digest_size) for key, cols in sigset.hashes.items() if len(cols)
+        }
+        return cls(
+            version=version,
+            sources=[SourceInfo(s.path, s.sha256, s.official) for s in sigset.sources],
+            hash_tables=tables,
+            bodies=BodyMatcher.build(sigset.bodies),
+            report=sigset.report,
+        )
+
+    def save(self, directory: str) -> None:
+        for (kind, purpose), table in self.hash_tables.items():
+            table.save(directory, f"{kind.value}-{purpose.value}")
+        self.bodies.save(directory)
+        manifest = {
+            "format": FORMAT_VERSION,
+            "bastion": __version__,
+            "version": self.version,
+            "sources": [[s.path, s.sha256, s.official] for s in self.sources],
+            "hash_tables": [[k.value, p.value, len(t)] for (k, p), t in self.hash_tables.items()],
+            "body_signatures": len(self.bodies),
+            "body_modes": self.bodies.mode_counts(),
+            "report": {
+                "loaded_files": self.report.loaded_files,
+                "skipped_files": self.report.skipped_files,
+                "skipped_by_flevel": self.report.skipped_by_flevel,
+                "skipped_by_target": self.report.skipped_by_target,
+                "ignored_by_name": self.report.ignored_by_name,
+                "macro_members": self.report.macro_members,
+            },
+        }
+        with open(os.path.join(directory, "manifest.json"), "w", encoding="utf-8") as fh:
+            json.dump(manifest, fh, indent=1)
+
+    @classmethod
+    def load(cls, directory: str) -> Database:
+        with open(os.path.join(directory, "manifest.json"), encoding="utf-8") as fh:
+            manifest = json.load(fh)
+        if manifest.get("format") != FORMAT_VERSION:
+            raise ValueError("compiled database has another format version")
+        tables = {
+            (HashKind(k), HashPurpose(p)): HashTable.load(directory, f"{k}-{p}") for k, p, _ in manifest["hash_tables"]
+        }
+        rep = manifest["report"]
+        report = LoadReport(
+            loaded_files=rep["loaded_files"],
+            skipped_files=[tuple(x) for x in rep["skipped_files"]],
+            skipped_by_flevel=rep["skipped_by_flevel"],
+            skipped_by_target=rep["skipped_by_target"],
+            ignored_by_name=rep["ignored_by_name"],
+            macro_members=rep["macro_members"],
+        )
+        return cls(
+            version=manifest["version"],
+            sources=[SourceInfo(p, d, o) for p, d, o in manifest["sources"]],
+            hash_tables=tables,
+            bodies=BodyMatcher.load(directory),
+            report=report,
+            path=directory,
+            from_cache=True,
+        )
+
+
+def cache_dir() -> str:
+    explicit = os.environ.get(CACHE_DIR_ENV)
+    if explicit:
+        return explicit
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "bastion", "db")
+
+
+def cache_key(discovery: Discovery, pua: bool) -> str:
+    h = hashlib.sha256()
+    h.update(f"bastion {__version__} format {FORMAT_VERSION} fl {FUNCTIONALITY_LEVEL} pua {pua}\n".encode())
+    for c in discovery.candidates:
+        h.update(f"{os.path.abspath(c.path)}\0{c.role}\0{c.official}\0{c.sha256}\n".encode())
+    for path, why in discovery.skipped:
+        h.update(f"skipped {os.path.abspath(path)}\0{why}\n".encode())
+    return h.hexdigest()
+
+
+def _prune_cache(root: str, keep: str) -> None:
+    try:
+        entries = [e for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".") and e.name != keep]
+    except OSError:
+        return
+    entries.sort(key=lambda e: e.stat().st_mtime, reverse=True)
+    for old in entries[CACHE_KEEP:]:
+        shutil.rmtree(old.path, ignore_errors=True)
+
+
+def open_database(paths: list[str] | None = None, *, pua: bool = False, use_cache: bool = True) -> Database:
+    """Load the database for ``-d`` paths (or the default one), compiling it only if not cached.
+
+    Raises :class:`bastion.signatures.errors.SignatureError` for a bad source: no partial database is
+    ever returned or cached.
+    """
+    started = time.perf_counter()
+    official = False
+    if not paths:
+        paths, official = default_database_paths()
+    discovery = discover(list(paths), pua=pua, official=official)
+    key = cache_key(discovery, pua)
+    root = cache_dir()
+    final = os.path.join(root, key)
+    if use_cache and os.path.isfile(os.path.join(final, "manifest.json")):
+        try:
+            db = Database.load(final)
+            db.load_seconds = time.perf_counter() - started
+            return db
+        except (OSError, ValueError, KeyError, EOFError, TypeError):
+            shutil.rmtree(final, ignore_errors=True)  # a damaged cache entry is rebuilt
+    sigset = parse_sources(discovery)
+    db = Database.compile(sigset, key)
+    if use_cache:
+        try:
+            with publish_directory(final) as tmp:
+                db.save(tmp)
+            db.path = final
+            _prune_cache(root, key)
+        except OSError:
+            pass  # a read-only cache only costs speed
+    db.load_seconds = time.perf_counter() - started
+    return db

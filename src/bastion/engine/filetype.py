@@ -1,0 +1,84 @@
+"""File typing by magic bytes, with ClamAV's type names, and the target types each type admits.
+
+This is the built-in subset ClamAV calls ``filetypes_int.h``; reading ``.ftm`` databases comes with
+the formats issue.  Typing looks only at the first bytes of the object.
+"""
+
+from __future__ import annotations
+
+TEXT_PROBE = 1024
+_TEXT_BYTES = frozenset(range(0x20, 0x7F)) | frozenset(b"\t\n\r\f\b\x1b")
+_HTML_MARKERS = (b"<html", b"<body", b"<script", b"<head", b"<!doctype html", b"<iframe", b"<meta",
+                 b"<a href", b"<form", b"<title", b"<img", b"<div", b"<style")
+_MAIL_MARKERS = (b"from ", b"received: ", b"return-path: ", b"delivered-to: ", b"x-mailer: ",
+                 b"mime-version: ", b"message-id: ")
+
+# target type -> the ClamAV types a signature with that target may match (libclamav matcher.h)
+TARGET_TYPES: dict[int, frozenset[str]] = {
+    1: frozenset({"CL_TYPE_MSEXE"}),
+    2: frozenset({"CL_TYPE_MSOLE2"}),
+    3: frozenset({"CL_TYPE_HTML"}),
+    4: frozenset({"CL_TYPE_MAIL"}),
+    5: frozenset({"CL_TYPE_GRAPHICS", "CL_TYPE_GIF", "CL_TYPE_PNG", "CL_TYPE_JPEG", "CL_TYPE_TIFF"}),
+    6: frozenset({"CL_TYPE_ELF"}),
+    7: frozenset({"CL_TYPE_TEXT_ASCII"}),
+    9: frozenset({"CL_TYPE_MACHO", "CL_TYPE_MACHO_UNIBIN"}),
+    10: frozenset({"CL_TYPE_PDF"}),
+    11: frozenset({"CL_TYPE_SWF"}),
+    12: frozenset({"CL_TYPE_JAVA"}),
+    13: frozenset({"CL_TYPE_INTERNAL"}),
+    14: frozenset({"CL_TYPE_OTHER"}),
+}
+
+
+def target_matches(target: int, file_type: str) -> bool:
+    if target == 0:
+        return True
+    return file_type in TARGET_TYPES.get(target, frozenset())
+
+
+def is_text(head: bytes | memoryview) -> bool:
+    probe = bytes(head[:TEXT_PROBE])
+    return bool(probe) and all(b in _TEXT_BYTES for b in probe)
+
+
+def detect_type(data: bytes | memoryview) -> str:
+    """The ClamAV type name of an object from its first bytes."""
+    head = bytes(data[:TEXT_PROBE])
+    if head.startswith(b"MZ"):
+        return "CL_TYPE_MSEXE"
+    if head.startswith(b"\x7fELF"):
+        return "CL_TYPE_ELF"
+    if head[:4] in (b"\xfe\xed\xfa\xce", b"\xfe\xed\xfa\xcf", b"\xce\xfa\xed\xfe", b"\xcf\xfa\xed\xfe"):
+        return "CL_TYPE_MACHO"
+    if head.startswith(b"\xca\xfe\xba\xbe") and len(head) >= 8:
+        # Java classes and Mach-O universal binaries share this magic: a small arch count means Mach-O
+        return "CL_TYPE_MACHO_UNIBIN" if int.from_bytes(head[4:8], "big") < 30 else "CL_TYPE_JAVA"
+    if head.startswith(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"):
+        return "CL_TYPE_MSOLE2"
+    if b"%PDF-" in head:
+        return "CL_TYPE_PDF"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "CL_TYPE_GIF"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "CL_TYPE_PNG"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "CL_TYPE_JPEG"
+    if head.startswith((b"II*\x00", b"MM\x00*")):
+        return "CL_TYPE_TIFF"
+    if head.startswith((b"FWS", b"CWS", b"ZWS")):
+        return "CL_TYPE_SWF"
+    if head.startswith(b"PK\x03\x04"):
+        return "CL_TYPE_ZIP"
+    if is_text(head):
+        lower = head.lower()
+        if any(m in lower for m in _HTML_MARKERS):
+            return "CL_TYPE_HTML"
+        if lower.startswith(_MAIL_MARKERS):
+            return "CL_TYPE_MAIL"
+        return "CL_TYPE_TEXT_ASCII"
+    return "CL_TYPE_BINARY_DATA"
+
+
+# The normalized view of an object and the target type matched against it, by object type.
+NORMALIZED_TARGET = {"CL_TYPE_TEXT_ASCII": 7, "CL_TYPE_HTML": 3}

@@ -1,0 +1,66 @@
+"""Whole-file hash databases: ``.hdb`` ``.hsb`` ``.hdu`` ``.hsu`` and allow lists ``.fp`` ``.sfp``.
+
+Line: ``hash:size:Name[:minFL[:maxFL]]``.  The hash family comes from the digest length (MD5, SHA1,
+SHA256); ``size`` is a positive decimal or ``*`` (any size, which ClamAV accepts only with minFL >= 73).
+"""
+
+from __future__ import annotations
+
+from bastion.signatures.errors import SignatureError
+from bastion.signatures.model import ANY_SIZE, HashKind, HashPurpose, SignatureSet
+from bastion.signatures.textdb import (
+    flevel_allows,
+    flevel_field,
+    is_ignored,
+    iter_signature_lines,
+    printed_name,
+)
+
+WILDCARD_SIZE_MIN_FLEVEL = 73
+
+
+def parse_hash_db(path: str, data: bytes, sigset: SignatureSet, source_index: int, official: bool,
+                  purpose: HashPurpose) -> None:
+    """Parse one hash database into ``sigset``; raise :class:`SignatureError` on the first bad line."""
+    report = sigset.report
+    ignores = sigset.ignores
+    columns = {}
+    for number, line in iter_signature_lines(path, data):
+        fields = line.split(":")
+        count = len(fields)
+        if count < 3 or count > 5:
+            raise SignatureError(path, number, f"expected 3 to 5 ':'-separated fields, found {count}")
+        hex_digest, size_text, name = fields[0], fields[1], fields[2]
+        kind = HashKind.from_hex_length(len(hex_digest))
+        if kind is None:
+            raise SignatureError(path, number, f"hash of length {len(hex_digest)} is not MD5, SHA1 or SHA256")
+        try:
+            digest = bytes.fromhex(hex_digest)
+        except ValueError:
+            raise SignatureError(path, number, "hash is not hexadecimal") from None
+        if not name:
+            raise SignatureError(path, number, "empty signature name")
+        minimum = flevel_field(path, number, fields[3], "minimum") if count > 3 else 0
+        maximum = flevel_field(path, number, fields[4], "maximum") if count > 4 else None
+        if size_text == "*":
+            if minimum < WILDCARD_SIZE_MIN_FLEVEL:
+                raise SignatureError(path, number, "size '*' requires a minimum functionality level of 73")
+            size = ANY_SIZE
+        elif size_text.isdigit() and int(size_text) > 0:
+            size = int(size_text)
+        else:
+            raise SignatureError(path, number, f"bad file size {size_text!r}")
+        if not flevel_allows(minimum, maximum):
+            report.skipped_by_flevel += 1
+            continue
+        if is_ignored(ignores, name, line):
+            report.ignored_by_name += 1
+            continue
+        cols = columns.get(kind)
+        if cols is None:
+            cols = columns[kind] = sigset.hash_columns(kind, purpose)
+        cols.digests.append(digest)
+        cols.sizes.append(size)
+        cols.names.append(printed_name(name, official))
+        cols.source_index.append(source_index)
+        cols.lines.append(number)

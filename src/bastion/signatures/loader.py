@@ -1,0 +1,169 @@
+"""Find signature sources and parse them into one :class:`SignatureSet`.
+
+``-d`` takes a file or a directory, like clamscan.  A directory is read the way ClamAV reads one
+(not recursive; ``.ign``/``.ign2`` first so they apply to everything after them, then the rest by
+name).  Files whose format is unknown or not supported yet are listed in the report with a reason,
+never skipped silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from bastion.signatures.errors import SignatureError
+from bastion.signatures.hashdb import parse_hash_db
+from bastion.signatures.ignore import parse_ignore
+from bastion.signatures.model import HashPurpose, SignatureSet
+from bastion.signatures.ndb import parse_ndb
+
+# extension -> (parser role, needs --detect-pua)
+SUPPORTED: dict[str, tuple[str, bool]] = {
+    ".hdb": ("hash", False), ".hsb": ("hash", False),
+    ".hdu": ("hash", True), ".hsu": ("hash", True),
+    ".fp": ("allow", False), ".sfp": ("allow", False),
+    ".ndb": ("ndb", False), ".ndu": ("ndb", True),
+    ".ign": ("ignore", False), ".ign2": ("ignore", False),
+}
+# Formats ClamAV reads that Bastion does not read yet: reported by name at load.
+NOT_YET_SUPPORTED = frozenset({
+    ".ldb", ".ldu", ".mdb", ".msb", ".mdu", ".msu", ".imp", ".cdb", ".idb", ".cbc", ".crb", ".ftm",
+    ".pdb", ".gdb", ".wdb", ".cfg", ".info", ".yar", ".yara", ".pwdb", ".cvd", ".cld", ".cud", ".cat",
+    ".db", ".sdb", ".zmd", ".rmd", ".ioc",
+})
+NEVER_A_DATABASE = frozenset({".sign", ".cdiff", ".dat", ".txt", ".md"})
+
+# Where an installed database lives when no -d is given; the built-in one is used if it is empty.
+DEFAULT_DB_DIR_ENV = "BASTION_DB_DIR"
+DEFAULT_DB_DIR = "/var/lib/bastion/db"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceCandidate:
+    """A file chosen to be loaded, with its content digest (part of the compiled-DB cache key)."""
+
+    path: str
+    role: str
+    official: bool
+    sha256: str
+
+
+@dataclass(slots=True)
+class Discovery:
+    candidates: list[SourceCandidate]
+    skipped: list[tuple[str, str]]
+
+
+def extension(path: str) -> str:
+    return os.path.splitext(path)[1].lower()
+
+
+def _file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _classify(path: str, pua: bool, explicit: bool) -> tuple[str | None, str]:
+    ext = extension(path)
+    if ext in SUPPORTED:
+        role, needs_pua = SUPPORTED[ext]
+        if needs_pua and not pua:
+            return None, "PUA database: loaded only with --detect-pua"
+        return role, ""
+    if ext in NOT_YET_SUPPORTED:
+        return None, f"{ext} databases are not supported yet"
+    if ext in NEVER_A_DATABASE and not explicit:
+        return None, "not a signature database"
+    return None, "unknown database format"
+
+
+def builtin_database_dir() -> Path:
+    """The default database shipped inside the package (EICAR and Bastion's test signatures)."""
+    return Path(str(resources.files("bastion.signatures") / "builtin"))
+
+
+def default_database_paths() -> tuple[list[str], bool]:
+    """The installed database directory if it holds anything, else the built-in one.
+
+    Returns ``(paths, official)``: the built-in database is Bastion's own, so its names carry no
+    ``.UNOFFICIAL`` suffix.
+    """
+    installed = os.environ.get(DEFAULT_DB_DIR_ENV, DEFAULT_DB_DIR)
+    if os.path.isdir(installed) and any(not n.startswith(".") for n in os.listdir(installed)):
+        return [installed], False
+    return [str(builtin_database_dir())], True
+
+
+def discover(paths: list[str], pua: bool = False, official: bool = False) -> Discovery:
+    """Resolve ``-d`` arguments into the ordered list of files to load.
+
+    A path that does not exist, or a single file of an unknown format, is an error (as in clamscan).
+    """
+    candidates: list[SourceCandidate] = []
+    skipped: list[tuple[str, str]] = []
+    for given in paths:
+        if os.path.isdir(given):
+            try:
+                names = sorted(n for n in os.listdir(given) if not n.startswith("."))
+            except OSError as exc:
+                raise SignatureError(given, 0, f"cannot read database directory: {exc.strerror}") from None
+            ordered = [n for n in names if extension(n) in (".ign", ".ign2")]
+            ordered += [n for n in names if extension(n) not in (".ign", ".ign2")]
+            for name in ordered:
+                full = os.path.join(given, name)
+                if not os.path.isfile(full):
+                    continue
+                role, why = _classify(full, pua, explicit=False)
+                if role is None:
+                    skipped.append((full, why))
+                    continue
+                candidates.append(SourceCandidate(full, role, official, _digest_or_error(full)))
+        elif os.path.isfile(given):
+            role, why = _classify(given, pua, explicit=True)
+            if role is None:
+                if why.startswith("PUA"):
+                    skipped.append((given, why))
+                    continue
+                raise SignatureError(given, 0, why)
+            candidates.append(SourceCandidate(given, role, official, _digest_or_error(given)))
+        else:
+            raise SignatureError(given, 0, "no such file or directory")
+    # ignore lists apply to everything loaded after them, whichever -d named them
+    candidates.sort(key=lambda c: c.role != "ignore")
+    return Discovery(candidates, skipped)
+
+
+def _digest_or_error(path: str) -> str:
+    try:
+        return _file_digest(path)
+    except OSError as exc:
+        raise SignatureError(path, 0, f"cannot read: {exc.strerror}") from None
+
+
+def parse_sources(discovery: Discovery) -> SignatureSet:
+    """Parse every candidate into one model.  Raises :class:`SignatureError` on the first bad line."""
+    sigset = SignatureSet()
+    sigset.report.skipped_files.extend(discovery.skipped)
+    for cand in discovery.candidates:
+        try:
+            with open(cand.path, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            raise SignatureError(cand.path, 0, f"cannot read: {exc.strerror}") from None
+        index = sigset.add_source(cand.path, cand.sha256, cand.official)
+        if cand.role == "hash":
+            parse_hash_db(cand.path, data, sigset, index, cand.official, HashPurpose.DETECT)
+        elif cand.role == "allow":
+            parse_hash_db(cand.path, data, sigset, index, cand.official, HashPurpose.ALLOW)
+        elif cand.role == "ndb":
+            parse_ndb(cand.path, data, sigset, index, cand.official)
+        elif cand.role == "ignore":
+            parse_ignore(cand.path, data, sigset)
+        sigset.report.loaded_files.append(cand.path)
+    return sigset

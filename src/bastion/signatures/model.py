@@ -1,0 +1,141 @@
+"""The signature model: what every parser produces and the database compiler consumes.
+
+Parsers (one module per source format) append to one :class:`SignatureSet`.  The model is plain
+data; it knows nothing about matchers.  Hash signatures are kept column-wise (one list per field,
+not one object per signature) because a real database holds millions of them.
+"""
+
+from __future__ import annotations
+
+from array import array
+from dataclasses import dataclass, field
+from enum import Enum
+
+from bastion.signatures.offsets import Offset
+
+
+class HashKind(str, Enum):
+    """Whole-file hash families, told apart by digest length as ClamAV does."""
+
+    MD5 = "md5"
+    SHA1 = "sha1"
+    SHA256 = "sha256"
+
+    @classmethod
+    def from_hex_length(cls, length: int) -> HashKind | None:
+        return {32: cls.MD5, 40: cls.SHA1, 64: cls.SHA256}.get(length)
+
+    @property
+    def digest_size(self) -> int:
+        return {HashKind.MD5: 16, HashKind.SHA1: 20, HashKind.SHA256: 32}[self]
+
+
+class HashPurpose(str, Enum):
+    """Detect (``.hdb``/``.hsb``) or allow-list (``.fp``/``.sfp``)."""
+
+    DETECT = "detect"
+    ALLOW = "allow"
+
+
+# A hash signature whose size field is ``*`` matches a file of any size.
+ANY_SIZE = -1
+
+
+@dataclass(frozen=True, slots=True)
+class SourceFile:
+    """One signature file that went into the model.
+
+    ``official`` is true only for sources shipped inside a signed container or with Bastion itself;
+    names from every other source get ClamAV's ``.UNOFFICIAL`` suffix.
+    """
+
+    path: str
+    sha256: str
+    official: bool
+
+
+@dataclass(slots=True)
+class HashColumns:
+    """All hash signatures of one (kind, purpose), column-wise.
+
+    Row ``i`` is: ``digests[i]`` (raw bytes), ``sizes[i]`` (bytes, or :data:`ANY_SIZE`),
+    ``names[i]`` (printed name), ``source_index[i]`` (into :attr:`SignatureSet.sources`) and
+    ``lines[i]`` (1-based line in that source).
+    """
+
+    digests: list[bytes] = field(default_factory=list)
+    sizes: array = field(default_factory=lambda: array("q"))
+    names: list[str] = field(default_factory=list)
+    source_index: array = field(default_factory=lambda: array("H"))
+    lines: array = field(default_factory=lambda: array("I"))
+
+    def __len__(self) -> int:
+        return len(self.digests)
+
+
+@dataclass(frozen=True, slots=True)
+class BodySignature:
+    """One extended (body) signature, ``.ndb`` style.
+
+    ``pattern`` is the hex signature text as written; ``regex`` and ``prefilter`` are its two
+    translations made by :mod:`bastion.signatures.hexpattern` (exact Python regex, and a
+    Hyperscan-compatible superset).
+    """
+
+    name: str
+    target: int
+    offset: Offset
+    pattern: str
+    regex: bytes
+    prefilter: bytes
+    prefilter_exact: bool
+    longest_literal: bytes
+    source_index: int
+    line: int
+
+
+@dataclass(slots=True)
+class LoadReport:
+    """What happened while loading, for ``--debug``, ``bastion scan`` and the summary.
+
+    Nothing is skipped silently: each file that was not loaded is listed with its reason, and
+    signatures left out by design (functionality level, target type, ``.ign2``) are counted.
+    """
+
+    loaded_files: list[str] = field(default_factory=list)
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)
+    skipped_by_flevel: int = 0
+    skipped_by_target: int = 0
+    ignored_by_name: int = 0
+    macro_members: int = 0
+
+
+@dataclass(slots=True)
+class SignatureSet:
+    """The parsed form of every signature source: input to the database compiler."""
+
+    sources: list[SourceFile] = field(default_factory=list)
+    hashes: dict[tuple[HashKind, HashPurpose], HashColumns] = field(default_factory=dict)
+    bodies: list[BodySignature] = field(default_factory=list)
+    # .ign/.ign2 entries: bare name -> set of md5 hex of the full DB line ('' = any line)
+    ignores: dict[str, set[str]] = field(default_factory=dict)
+    report: LoadReport = field(default_factory=LoadReport)
+
+    def hash_columns(self, kind: HashKind, purpose: HashPurpose) -> HashColumns:
+        key = (kind, purpose)
+        cols = self.hashes.get(key)
+        if cols is None:
+            cols = self.hashes[key] = HashColumns()
+        return cols
+
+    def add_source(self, path: str, sha256: str, official: bool) -> int:
+        self.sources.append(SourceFile(path, sha256, official))
+        if len(self.sources) > 0xFFFF:
+            raise ValueError("more than 65535 signature files")
+        return len(self.sources) - 1
+
+    @property
+    def signature_count(self) -> int:
+        """Signatures that can raise an alert (allow-list entries are not counted, as in ClamAV)."""
+        detect = sum(len(c) for (_, p), c in self.hashes.items() if p is HashPurpose.DETECT)
+        return detect + len(self.bodies)

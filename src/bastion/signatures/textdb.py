@@ -1,0 +1,64 @@
+"""What every ClamAV text database shares: line splitting, comments, FL gating, ignores, names."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+from bastion import FUNCTIONALITY_LEVEL
+from bastion.signatures.errors import SignatureError
+
+UNOFFICIAL = ".UNOFFICIAL"
+
+
+def iter_signature_lines(path: str, data: bytes) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, line)`` for every non-comment line.
+
+    As in ClamAV: trailing CR/LF is stripped, ``#`` lines are comments, a blank line is malformed,
+    and a file without any line is an error.
+    """
+    if not data:
+        raise SignatureError(path, 0, "empty database file")
+    text = data.decode("latin-1")
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    for number, line in enumerate(lines, 1):
+        if line.endswith("\r"):
+            line = line[:-1]
+        if not line:
+            raise SignatureError(path, number, "empty line")
+        if line[0] == "#":
+            continue
+        yield number, line
+
+
+def flevel_field(path: str, number: int, text: str, what: str) -> int:
+    """A min/max functionality-level field; empty counts as 0 (so an empty max never loads)."""
+    if text == "":
+        return 0
+    if not text.isdigit():
+        raise SignatureError(path, number, f"bad {what} functionality level {text!r}")
+    return int(text)
+
+
+def flevel_allows(minimum: int, maximum: int | None) -> bool:
+    """``min <= FL <= max``, max inclusive; ``maximum`` None means the field was absent."""
+    if minimum > FUNCTIONALITY_LEVEL:
+        return False
+    return maximum is None or maximum >= FUNCTIONALITY_LEVEL
+
+
+def is_ignored(ignores: dict[str, set[str]], name: str, line: str) -> bool:
+    """``.ign``/``.ign2``: exact bare name, optionally only while md5(full DB line) matches."""
+    wanted = ignores.get(name)
+    if not wanted:
+        return False
+    if "" in wanted:
+        return True
+    return hashlib.md5(line.encode("latin-1"), usedforsecurity=False).hexdigest() in wanted
+
+
+def printed_name(name: str, official: bool) -> str:
+    """The name as alerts show it: ClamAV suffixes names from unofficial sources."""
+    return name if official else name + UNOFFICIAL

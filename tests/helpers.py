@@ -1,0 +1,36 @@
+"""Small helpers shared by the test modules (no fixtures: those live in conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SRC = REPO / "src"
+EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+CANARY = b"BASTION-TEST-CANARY-7f3a9c1e"
+
+
+def bastion_env(cache_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
+    env["BASTION_CACHE_DIR"] = str(cache_dir)
+    env["BASTION_DB_DIR"] = str(cache_dir / "no-installed-db")
+    return env
+
+
+def run_clamscan_clone(args: list[str], cache_dir: Path, stdin: bytes | None = None,
+                       timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``bastion-clamscan`` as a real process."""
+    return subprocess.run([sys.executable, "-m", "bastion.cli.clamscan", *args], input=stdin and stdin.decode(),
+                          capture_output=True, text=True, env=bastion_env(cache_dir), timeout=timeout)
+
+
+def write(path: Path, data: bytes | str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode()
+    path.write_bytes(data)
+    return path
