@@ -22,18 +22,19 @@ from __future__ import annotations
 
 import marshal
 import os
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import hyperscan
 
+from bastion.database.mapping import map_readonly
 from bastion.signatures.hexpattern import literal_regex
 from bastion.signatures.model import BodySignature
 from bastion.signatures.offsets import Anchor, Offset
 
 NORMALIZED_TARGETS = frozenset({3, 7})
 _BASE_FLAGS = hyperscan.HS_FLAG_DOTALL | hyperscan.HS_FLAG_SINGLEMATCH
-_META_FILE = "bodies.marshal"
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,17 +102,36 @@ def _compile_group(bodies: list[BodySignature], members: list[int]) -> tuple[byt
 
 
 class BodyMatcher:
-    """The compiled body signatures: two Hyperscan databases and one entry per signature."""
+    """The compiled body signatures: two Hyperscan databases and one entry per signature.
 
-    def __init__(self, entries: list[BodyEntry], raw: bytes | None, normalized: bytes | None) -> None:
-        self.entries = entries
+    Entries are stored as one marshal record each, behind an offsets index, and decoded only when a
+    signature fires: opening a 50,000-signature database then costs a few milliseconds.
+    """
+
+    def __init__(self, index: memoryview, records: memoryview, raw: bytes | None,
+                 normalized: bytes | None, modes: dict[str, int]) -> None:
+        self.index = index
+        self.records = records
         self.raw_blob = raw
         self.normalized_blob = normalized
+        self.modes = modes
         self.raw = hyperscan.loadb(raw, hyperscan.HS_MODE_BLOCK) if raw else None
         self.normalized = hyperscan.loadb(normalized, hyperscan.HS_MODE_BLOCK) if normalized else None
+        self._decoded: dict[int, BodyEntry] = {}
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return max(0, len(self.index) - 1)
+
+    def entry(self, sid: int) -> BodyEntry:
+        found = self._decoded.get(sid)
+        if found is None:
+            # plain tuples of str/int/bytes: marshal never loads code from data
+            row = marshal.loads(self.records[self.index[sid]:self.index[sid + 1]])
+            found = self._decoded[sid] = BodyEntry(*row)
+        return found
+
+    def entries(self) -> list[BodyEntry]:
+        return [self.entry(i) for i in range(len(self))]
 
     @classmethod
     def build(cls, bodies: list[BodySignature]) -> BodyMatcher:
@@ -120,34 +140,43 @@ class BodyMatcher:
         raw, raw_modes = _compile_group(bodies, raw_ids)
         norm, norm_modes = _compile_group(bodies, norm_ids)
         modes = raw_modes | norm_modes
-        entries = [
-            BodyEntry(b.name, b.target, b.offset.anchor.value, b.offset.value, b.offset.section,
-                      b.offset.maxshift, b.regex, b.pattern, b.source_index, b.line, modes[i])
-            for i, b in enumerate(bodies)
-        ]
-        return cls(entries, raw, norm)
+        index = array("Q", [0])
+        chunks: list[bytes] = []
+        total = 0
+        counts: dict[str, int] = {}
+        for i, b in enumerate(bodies):
+            rec = marshal.dumps((b.name, b.target, b.offset.anchor.value, b.offset.value, b.offset.section,
+                                 b.offset.maxshift, b.regex, b.pattern, b.source_index, b.line, modes[i]))
+            chunks.append(rec)
+            total += len(rec)
+            index.append(total)
+            counts[modes[i]] = counts.get(modes[i], 0) + 1
+        return cls(memoryview(index), memoryview(b"".join(chunks)), raw, norm, counts)
 
     def save(self, directory: str) -> None:
         for stem, blob in (("raw", self.raw_blob), ("normalized", self.normalized_blob)):
             if blob:
                 with open(os.path.join(directory, f"{stem}.hs"), "wb") as fh:
                     fh.write(blob)
-        rows = [tuple(getattr(e, f) for f in BodyEntry.__slots__) for e in self.entries]
-        with open(os.path.join(directory, _META_FILE), "wb") as fh:
-            marshal.dump(rows, fh)
+        with open(os.path.join(directory, "bodies.index"), "wb") as fh:
+            fh.write(self.index)
+        with open(os.path.join(directory, "bodies.records"), "wb") as fh:
+            fh.write(self.records)
 
     @classmethod
-    def load(cls, directory: str) -> BodyMatcher:
+    def load(cls, directory: str, modes: dict[str, int]) -> BodyMatcher:
         blobs: dict[str, bytes | None] = {}
         for stem in ("raw", "normalized"):
             path = os.path.join(directory, f"{stem}.hs")
-            blobs[stem] = open(path, "rb").read() if os.path.exists(path) else None  # noqa: SIM115
-        with open(os.path.join(directory, _META_FILE), "rb") as fh:
-            rows = marshal.load(fh)  # plain tuples of str/int/bytes: no code is ever loaded
-        return cls([BodyEntry(*r) for r in rows], blobs["raw"], blobs["normalized"])
+            if os.path.exists(path):
+                with open(path, "rb") as fh:
+                    blobs[stem] = fh.read()
+            else:
+                blobs[stem] = None
+        index = (map_readonly(os.path.join(directory, "bodies.index"))).cast("Q")
+        records = map_readonly(os.path.join(directory, "bodies.records"))
+        return cls(index, records, blobs["raw"], blobs["normalized"], modes)
 
     def mode_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for e in self.entries:
-            counts[e.mode] = counts.get(e.mode, 0) + 1
-        return counts
+        return dict(self.modes)
+

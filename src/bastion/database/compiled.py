@@ -3,7 +3,7 @@
 Layout of one cached database (a directory named after its cache key)::
 
     manifest.json                 format version, key, sources with digests, counts, load report
-    <kind>-<purpose>.*.npy/.names hash tables (database/hashtable.py), memory-mapped
+    <kind>-<purpose>.*            hash tables (database/hashtable.py), memory-mapped
     raw.hs / normalized.hs        serialized Hyperscan databases (database/bodymatcher.py)
     bodies.marshal                per body signature: name, target, offset, exact regex, source
 
@@ -25,7 +25,7 @@ from bastion import FUNCTIONALITY_LEVEL, __version__
 from bastion.database.atomic import publish_directory
 from bastion.database.bodymatcher import BodyMatcher
 from bastion.database.hashtable import HashTable
-from bastion.signatures.loader import Discovery, default_database_paths, discover, parse_sources
+from bastion.signatures.loader import Discovery, default_database_paths, discover, file_digest, parse_sources
 from bastion.signatures.model import HashKind, HashPurpose, LoadReport, SignatureSet
 
 FORMAT_VERSION = 1
@@ -111,7 +111,8 @@ class Database:
         if manifest.get("format") != FORMAT_VERSION:
             raise ValueError("compiled database has another format version")
         tables = {
-            (HashKind(k), HashPurpose(p)): HashTable.load(directory, f"{k}-{p}") for k, p, _ in manifest["hash_tables"]
+            (HashKind(k), HashPurpose(p)): HashTable.load(directory, f"{k}-{p}", HashKind(k).digest_size)
+            for k, p, _ in manifest["hash_tables"]
         }
         rep = manifest["report"]
         report = LoadReport(
@@ -126,7 +127,7 @@ class Database:
             version=manifest["version"],
             sources=[SourceInfo(p, d, o) for p, d, o in manifest["sources"]],
             hash_tables=tables,
-            bodies=BodyMatcher.load(directory),
+            bodies=BodyMatcher.load(directory, manifest["body_modes"]),
             report=report,
             path=directory,
             from_cache=True,
@@ -161,6 +162,49 @@ def _prune_cache(root: str, keep: str) -> None:
         shutil.rmtree(old.path, ignore_errors=True)
 
 
+class DigestMemo:
+    """Content digests of signature files, remembered by (path, size, mtime_ns, inode, ctime_ns).
+
+    Like git's index: a file whose stat is unchanged is not read again on the next start, so a warm
+    start costs no hashing of a 70 MB database.  A changed file is always hashed.
+    """
+
+    def __init__(self, root: str) -> None:
+        self.path = os.path.join(root, "digests.json")
+        self.changed = False
+        try:
+            with open(self.path, encoding="utf-8") as fh:
+                self.known: dict[str, list[object]] = json.load(fh)
+        except (OSError, ValueError):
+            self.known = {}
+
+    def __call__(self, path: str) -> str:
+        st = os.stat(path)
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+        full = os.path.abspath(path)
+        entry = self.known.get(full)
+        if isinstance(entry, list) and entry[:4] == stamp:
+            return str(entry[4])
+        digest = file_digest(path)
+        self.known[full] = [*stamp, digest]
+        self.changed = True
+        return digest
+
+    def save(self) -> None:
+        if not self.changed:
+            return
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            tmp = f"{self.path}.{os.getpid()}.tmp"
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(self.known, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # a read-only cache only costs speed
+
+
 def open_database(paths: list[str] | None = None, *, pua: bool = False, use_cache: bool = True) -> Database:
     """Load the database for ``-d`` paths (or the default one), compiling it only if not cached.
 
@@ -171,9 +215,12 @@ def open_database(paths: list[str] | None = None, *, pua: bool = False, use_cach
     official = False
     if not paths:
         paths, official = default_database_paths()
-    discovery = discover(list(paths), pua=pua, official=official)
-    key = cache_key(discovery, pua)
     root = cache_dir()
+    memo = DigestMemo(root) if use_cache else None
+    discovery = discover(list(paths), pua=pua, official=official, digest=memo)
+    if memo is not None:
+        memo.save()
+    key = cache_key(discovery, pua)
     final = os.path.join(root, key)
     if use_cache and os.path.isfile(os.path.join(final, "manifest.json")):
         try:

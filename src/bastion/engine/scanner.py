@@ -232,7 +232,6 @@ class Engine:
     def _match_bodies(self, data: memoryview, ftype: str, norm_target: int | None,
                       exe: Callable[[], ExecutableInfo | None], found: list[Detection], normalized: bool) -> None:
         bodies = self.db.bodies
-        entries = bodies.entries
         hits = _Hits()
         if bodies.raw is not None and len(data):
             bodies.raw.scan(data, match_event_handler=hits, scratch=self._scratch("raw"))
@@ -242,7 +241,7 @@ class Engine:
             return
         confirmed: list[tuple[int, int, int]] = []  # (generic?, offset, id)
         for sid in hits.ids:
-            entry = entries[sid]
+            entry = bodies.entry(sid)
             target = entry.target
             if normalized:
                 if target not in (0, norm_target):
@@ -254,7 +253,7 @@ class Engine:
                 confirmed.append((1 if target == 0 else 0, start, sid))
         confirmed.sort()
         for _, start, sid in confirmed:
-            entry = entries[sid]
+            entry = bodies.entry(sid)
             found.append(Detection(entry.name, Evidence(
                 kind="body", source=self.db.sources[entry.source_index].path, line=entry.line,
                 db_version=self.db.version, offsets=(start,), normalized=normalized, pattern=entry.pattern)))

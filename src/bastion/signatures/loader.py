@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -61,7 +62,8 @@ def extension(path: str) -> str:
     return os.path.splitext(path)[1].lower()
 
 
-def _file_digest(path: str) -> str:
+def file_digest(path: str) -> str:
+    """SHA-256 of a file's content, hex."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -100,11 +102,18 @@ def default_database_paths() -> tuple[list[str], bool]:
     return [str(builtin_database_dir())], True
 
 
-def discover(paths: list[str], pua: bool = False, official: bool = False) -> Discovery:
+Digester = Callable[[str], str]
+
+
+def discover(paths: list[str], pua: bool = False, official: bool = False,
+             digest: Digester | None = None) -> Discovery:
     """Resolve ``-d`` arguments into the ordered list of files to load.
 
     A path that does not exist, or a single file of an unknown format, is an error (as in clamscan).
+    ``digest`` computes a file's content digest (default :func:`file_digest`; the database layer
+    passes a memoized one).
     """
+    digest = digest or file_digest
     candidates: list[SourceCandidate] = []
     skipped: list[tuple[str, str]] = []
     for given in paths:
@@ -123,7 +132,7 @@ def discover(paths: list[str], pua: bool = False, official: bool = False) -> Dis
                 if role is None:
                     skipped.append((full, why))
                     continue
-                candidates.append(SourceCandidate(full, role, official, _digest_or_error(full)))
+                candidates.append(SourceCandidate(full, role, official, _digest_or_error(full, digest)))
         elif os.path.isfile(given):
             role, why = _classify(given, pua, explicit=True)
             if role is None:
@@ -131,7 +140,7 @@ def discover(paths: list[str], pua: bool = False, official: bool = False) -> Dis
                     skipped.append((given, why))
                     continue
                 raise SignatureError(given, 0, why)
-            candidates.append(SourceCandidate(given, role, official, _digest_or_error(given)))
+            candidates.append(SourceCandidate(given, role, official, _digest_or_error(given, digest)))
         else:
             raise SignatureError(given, 0, "no such file or directory")
     # ignore lists apply to everything loaded after them, whichever -d named them
@@ -139,9 +148,9 @@ def discover(paths: list[str], pua: bool = False, official: bool = False) -> Dis
     return Discovery(candidates, skipped)
 
 
-def _digest_or_error(path: str) -> str:
+def _digest_or_error(path: str, digest: Digester) -> str:
     try:
-        return _file_digest(path)
+        return digest(path)
     except OSError as exc:
         raise SignatureError(path, 0, f"cannot read: {exc.strerror}") from None
 
