@@ -227,6 +227,18 @@ def _handle_entry(out: Output, tally: Tally, entry: Entry, res: ScanResult | Non
         out.warn(f"ERROR: {entry.path}: {entry.detail}")
 
 
+def _scan_stdin(engine: Engine, max_filesize: int) -> ScanResult:
+    """Read stdin up to the size limit (the rest is drained, never held) and scan it."""
+    stream = sys.stdin.buffer
+    data = stream.read(max_filesize + 1)
+    if len(data) > max_filesize:
+        total = len(data)
+        while chunk := stream.read(1 << 20):
+            total += len(chunk)
+        return ScanResult(name="stdin", size=total, skipped="max-filesize")
+    return engine.scan_bytes(data, "stdin")
+
+
 def _debug_report(db: object, out: Output) -> None:
     from bastion.database.compiled import Database
 
@@ -287,6 +299,11 @@ def _run(args: argparse.Namespace, out: Output) -> int:
         return 2
     if args.debug:
         _debug_report(db, out)
+    elif not args.quiet:
+        unsupported = [(p, why) for p, why in db.report.skipped_files if not why.startswith("PUA")]
+        if unsupported:
+            listed = "; ".join(f"{p} ({why})" for p, why in unsupported)
+            out.warn(f"WARNING: {len(unsupported)} database file(s) not loaded: {listed}")
     engine = Engine(db, ScanOptions(allmatch=args.allmatch, max_filesize=max_filesize, max_scansize=max_scansize))
     targets = list(args.targets)
     if args.file_list:
@@ -300,8 +317,7 @@ def _run(args: argparse.Namespace, out: Output) -> int:
         targets = [os.getcwd()]
     tally = Tally()
     if targets == ["-"]:
-        data = sys.stdin.buffer.read()
-        _report_result(out, tally, "stdin", engine.scan_bytes(data, "stdin"))
+        _report_result(out, tally, "stdin", _scan_stdin(engine, max_filesize))
     else:
         entries = walk([t for t in targets if t != "-"], walk_opts)
         for entry, res in scan_entries(engine, entries, max(1, args.jobs)):
