@@ -17,6 +17,7 @@ import bisect
 import os
 from array import array
 from dataclasses import dataclass
+from itertools import accumulate
 
 from bastion.database.mapping import map_readonly
 from bastion.signatures.model import ANY_SIZE, HashColumns
@@ -71,21 +72,18 @@ class HashTable:
     def build(cls, cols: HashColumns, width: int) -> HashTable:
         digests = cols.digests
         order = sorted(range(len(digests)), key=digests.__getitem__)
-        sizes = array("q", (cols.sizes[i] for i in order))
+        sizes = array("q", [cols.sizes[i] for i in order])
         encoded = [cols.names[i].encode("utf-8") for i in order]
         offsets = array("Q", [0])
-        total = 0
-        for e in encoded:
-            total += len(e)
-            offsets.append(total)
+        offsets.extend(accumulate(map(len, encoded)))
         columns = {
             "sizes": memoryview(sizes),
-            "sources": memoryview(array("H", (cols.source_index[i] for i in order))),
-            "lines": memoryview(array("I", (cols.lines[i] for i in order))),
+            "sources": memoryview(array("H", [cols.source_index[i] for i in order])),
+            "lines": memoryview(array("I", [cols.lines[i] for i in order])),
             "name_offsets": memoryview(offsets),
             "distinct_sizes": memoryview(array("q", sorted(set(sizes)))),
         }
-        return cls(width, b"".join(digests[i] for i in order), columns, b"".join(encoded))
+        return cls(width, b"".join([digests[i] for i in order]), columns, b"".join(encoded))
 
     def save(self, directory: str, stem: str) -> None:
         with open(os.path.join(directory, f"{stem}.digests"), "wb") as fh:

@@ -17,6 +17,7 @@ from bastion.signatures.textdb import (
 )
 
 WILDCARD_SIZE_MIN_FLEVEL = 73
+_KIND_BY_HEX_LENGTH = {32: HashKind.MD5, 40: HashKind.SHA1, 64: HashKind.SHA256}
 
 
 def parse_hash_db(path: str, data: bytes, sigset: SignatureSet, source_index: int, official: bool,
@@ -25,13 +26,14 @@ def parse_hash_db(path: str, data: bytes, sigset: SignatureSet, source_index: in
     report = sigset.report
     ignores = sigset.ignores
     columns = {}
+    suffix = printed_name("", official)
     for number, line in iter_signature_lines(path, data):
         fields = line.split(":")
         count = len(fields)
         if count < 3 or count > 5:
             raise SignatureError(path, number, f"expected 3 to 5 ':'-separated fields, found {count}")
         hex_digest, size_text, name = fields[0], fields[1], fields[2]
-        kind = HashKind.from_hex_length(len(hex_digest))
+        kind = _KIND_BY_HEX_LENGTH.get(len(hex_digest))
         if kind is None:
             raise SignatureError(path, number, f"hash of length {len(hex_digest)} is not MD5, SHA1 or SHA256")
         try:
@@ -50,10 +52,10 @@ def parse_hash_db(path: str, data: bytes, sigset: SignatureSet, source_index: in
             size = int(size_text)
         else:
             raise SignatureError(path, number, f"bad file size {size_text!r}")
-        if not flevel_allows(minimum, maximum):
+        if (minimum or maximum is not None) and not flevel_allows(minimum, maximum):
             report.skipped_by_flevel += 1
             continue
-        if is_ignored(ignores, name, line):
+        if ignores and is_ignored(ignores, name, line):
             report.ignored_by_name += 1
             continue
         cols = columns.get(kind)
@@ -61,6 +63,6 @@ def parse_hash_db(path: str, data: bytes, sigset: SignatureSet, source_index: in
             cols = columns[kind] = sigset.hash_columns(kind, purpose)
         cols.digests.append(digest)
         cols.sizes.append(size)
-        cols.names.append(printed_name(name, official))
+        cols.names.append(name + suffix)
         cols.source_index.append(source_index)
         cols.lines.append(number)

@@ -284,10 +284,30 @@ def _literal_runs(seq: list[_Tok]) -> list[bytes]:
     return runs
 
 
+_ESCAPED = [f"\\x{b:02x}" for b in range(256)]
+
+
+def _translate_literal(text: str) -> Translation | None:
+    """Fast path for the common all-hex signature (no wildcards): no tokenizing needed."""
+    try:
+        data = bytes.fromhex(text)
+    except ValueError:
+        return None
+    if len(data) * 2 != len(text):  # fromhex skips whitespace; ClamAV does not
+        return None
+    if len(data) < 2:
+        raise ValueError("body signature shorter than 2 bytes")
+    regex = "".join([_ESCAPED[b] for b in data]).encode("ascii")
+    return Translation(regex, regex, True, data, len(data))
+
+
 def translate(text: str) -> Translation:
     """Parse and validate a hex signature; raise ``ValueError`` with a reason if ClamAV would refuse it."""
     if not text:
         raise ValueError("empty body signature")
+    fast = _translate_literal(text)
+    if fast is not None:
+        return fast
     parser = _Parser(text)
     seq = parser.parse_seq(0)
     if _min_len(seq) < 2:
