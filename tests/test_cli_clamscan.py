@@ -130,10 +130,10 @@ def test_unreadable_file_is_an_error_line(tmp_path: Path) -> None:
                                text=True, env=env, timeout=60)
         if probe.returncode != 0:
             pytest.skip(f"the unprivileged user cannot import the package here: {probe.stderr[-200:]}")
-        r = subprocess.run([*prefix, sys.executable, "-m", "bastion.cli.clamscan", "--no-summary", str(secret),
+        r = subprocess.run([*prefix, sys.executable, "-m", "bastion.cli.clamscan", str(secret),
                             str(ok)], capture_output=True, text=True, env=env, timeout=120)
         assert r.returncode == 2, r.stderr
-        assert f"{secret}: Access denied ERROR" in r.stdout
+        assert f"{secret}: Access denied\n" in r.stdout and "\nTotal errors: 1\n" in r.stdout
         assert f"{ok}: OK" in r.stdout
     finally:
         shutil.rmtree(shared, ignore_errors=True)

@@ -10,6 +10,7 @@ in a warning so nobody is misled.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
 import sys
@@ -186,10 +187,16 @@ def _report_result(out: Output, tally: Tally, name: str, res: ScanResult) -> Non
         if res.error == "Not a regular file":
             out.warn(f"WARNING: {name}: Not supported file type")
             tally.had_problem = True
-            return
-        tally.errors += 1
-        out.warn(f"{name}: {res.error}")
-        out.result(f"{name}: Access denied ERROR" if res.errno == 13 else f"{name}: Can't read file ERROR")
+        elif res.errno == errno.ENOENT:  # vanished between the walk and the scan
+            tally.had_problem = True
+            out.warn(f"{name}: {res.error}")
+            out.warn(f"WARNING: {name}: Can't access file")
+        elif res.errno in (errno.EACCES, errno.EPERM):
+            tally.errors += 1
+            out.result(f"{name}: Access denied")
+        else:
+            tally.errors += 1
+            out.result(f"{name}: {res.error} ERROR")
         return
     if res.size == 0 and res.skipped is None:
         out.result(f"{name}: Empty file", ok=True)
