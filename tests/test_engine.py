@@ -159,3 +159,10 @@ def test_threads_share_one_engine(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert all(r.count("hit") in (66, 67) for r in results)
+
+
+def test_normalized_text_keeps_collapsed_edge_spaces(tmp_path: Path) -> None:
+    # checked with clamscan 1.4.6: both alert on "  Lead and trail  \n"
+    eng = engine_for(tmp_path, {"a.ndb": f"Lead:7:0:{b' lead'.hex()}\nTrail:7:EOF-6:{b'trail '.hex()}\n"},
+                     allmatch=True)
+    assert names(eng.scan_bytes(b"  Lead and trail  \n")) == ["Lead.UNOFFICIAL", "Trail.UNOFFICIAL"]

@@ -7,13 +7,22 @@ does more (entities, scripts, comments); that comes with the HTML unpacker.
 
 from __future__ import annotations
 
-import re
-
 _UPPER = bytes(range(ord("A"), ord("Z") + 1))
 _LOWER = bytes(range(ord("a"), ord("z") + 1))
 _LOWER_TABLE = bytes.maketrans(_UPPER, _LOWER)
-_WHITESPACE_RUN = re.compile(rb"[ \t\r\n\f\v]+")
 
 
 def normalize_text(data: bytes | memoryview) -> bytes:
-    return _WHITESPACE_RUN.sub(b" ", bytes(data).translate(_LOWER_TABLE))
+    """Lowercase ASCII letters and collapse each whitespace run (leading and trailing ones too) to one space.
+
+    ``bytes.split()`` splits on exactly those whitespace bytes, in C: an order of magnitude faster
+    than a regex substitution on large text files.
+    """
+    lowered = bytes(data).translate(_LOWER_TABLE)
+    words = lowered.split()
+    out = b" ".join(words)
+    if lowered[:1].isspace():
+        out = b" " + out
+    if words and lowered[-1:].isspace():
+        out += b" "
+    return out
