@@ -21,7 +21,6 @@ import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import hyperscan
 
@@ -30,9 +29,7 @@ from bastion.database.compiled import Database
 from bastion.engine.filetype import NORMALIZED_TARGET, detect_type, target_matches
 from bastion.engine.normalize import normalize_text
 from bastion.engine.verdict import Detection, Evidence, ScanResult
-
-if TYPE_CHECKING:
-    from bastion.formats.executable import ExecutableInfo
+from bastion.formats.executable import ExecutableInfo, parse_executable
 from bastion.signatures.model import HashKind, HashPurpose
 from bastion.signatures.offsets import EXECUTABLE_ANCHORS, Anchor
 
@@ -182,8 +179,6 @@ class Engine:
 
         def exe() -> ExecutableInfo | None:
             if not exe_cache:
-                from bastion.formats.executable import parse_executable
-
                 exe_cache.append(parse_executable(data) if ftype in ("CL_TYPE_MSEXE", "CL_TYPE_ELF",
                                                                       "CL_TYPE_MACHO") else None)
             return exe_cache[0]
