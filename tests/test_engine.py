@@ -166,3 +166,19 @@ def test_normalized_text_keeps_collapsed_edge_spaces(tmp_path: Path) -> None:
     eng = engine_for(tmp_path, {"a.ndb": f"Lead:7:0:{b' lead'.hex()}\nTrail:7:EOF-6:{b'trail '.hex()}\n"},
                      allmatch=True)
     assert names(eng.scan_bytes(b"  Lead and trail  \n")) == ["Lead.UNOFFICIAL", "Trail.UNOFFICIAL"]
+
+
+def test_chunked_normalization_equals_whole_buffer_normalization(monkeypatch: pytest.MonkeyPatch) -> None:
+    import random
+
+    from bastion.engine import normalize
+
+    def reference(t: bytes) -> bytes:
+        words = t.lower().split()
+        return (b" " if t[:1].isspace() else b"") + b" ".join(words) + (b" " if t[-1:].isspace() and words else b"")
+
+    monkeypatch.setattr(normalize, "_CHUNK", 7)  # many chunk boundaries inside words and whitespace runs
+    rng = random.Random(3)
+    for _ in range(3000):
+        text = bytes(rng.choice(b"aB \t\n\rxY") for _ in range(rng.randint(0, 40)))
+        assert normalize.normalize_text(text) == reference(text)

@@ -12,17 +12,30 @@ _LOWER = bytes(range(ord("a"), ord("z") + 1))
 _LOWER_TABLE = bytes.maketrans(_UPPER, _LOWER)
 
 
+# Normalize this many bytes at a time: bounds the temporary word list (memory) on huge text files.
+_CHUNK = 1 << 20
+
+
 def normalize_text(data: bytes | memoryview) -> bytes:
     """Lowercase ASCII letters and collapse each whitespace run (leading and trailing ones too) to one space.
 
     ``bytes.split()`` splits on exactly those whitespace bytes, in C: an order of magnitude faster
-    than a regex substitution on large text files.
+    than a regex substitution.  Chunks are joined so that a run spanning two chunks stays one space
+    and a word spanning two chunks stays one word.
     """
-    lowered = bytes(data).translate(_LOWER_TABLE)
-    words = lowered.split()
-    out = b" ".join(words)
-    if lowered[:1].isspace():
-        out = b" " + out
-    if words and lowered[-1:].isspace():
-        out += b" "
-    return out
+    view = memoryview(data)
+    out = bytearray()
+    after_space = False
+    for start in range(0, len(view), _CHUNK):
+        lowered = bytes(view[start:start + _CHUNK]).translate(_LOWER_TABLE)
+        words = lowered.split()
+        if lowered[:1].isspace() and not after_space:
+            out += b" "
+        if not words:
+            after_space = True
+            continue
+        out += b" ".join(words)
+        after_space = lowered[-1:].isspace()
+        if after_space:
+            out += b" "
+    return bytes(out)
