@@ -54,17 +54,17 @@ def test_bad_source_leaves_no_cache_entry(tmp_path: Path, private_cache: Path) -
     assert not private_cache.exists() or not [p for p in private_cache.iterdir() if p.is_dir()]
 
 
-def test_hash_table_is_compact_and_memory_mapped(tmp_path: Path) -> None:
+def test_hash_table_is_compact_and_read_from_disk(tmp_path: Path) -> None:
     lines = [f"{i:032x}:{1000 + i % 7}:Sig.{i}" for i in range(20000)]
     db_file = write(tmp_path / "big.hdb", "\n".join(lines) + "\n")
     open_database([str(db_file)])
     db = open_database([str(db_file)])
     table = db.table(HashKind.MD5, HashPurpose.DETECT)
     assert table is not None and len(table) == 20000
-    import mmap
+    from bastion.database.mapping import Column
 
-    assert isinstance(table.digests.buf.obj, mmap.mmap) and table.digests.width == 16
-    assert len(table.digests.buf) == 16 * 20000
+    assert isinstance(table.digests, Column) and table.digests.itemsize == 16 and len(table.digests) == 20000
+    assert db.path and os.path.getsize(os.path.join(db.path, "md5-detect.digests")) == 16 * 20000
     hits = table.lookup(bytes.fromhex(f"{1234:032x}"), 1000 + 1234 % 7)
     assert [h.name for h in hits] == ["Sig.1234.UNOFFICIAL"] and hits[0].line == 1235
     assert table.lookup(bytes.fromhex(f"{1234:032x}"), 5) == []

@@ -182,3 +182,42 @@ def test_chunked_normalization_equals_whole_buffer_normalization(monkeypatch: py
     for _ in range(3000):
         text = bytes(rng.choice(b"aB \t\n\rxY") for _ in range(rng.randint(0, 40)))
         assert normalize.normalize_text(text) == reference(text)
+
+
+def test_large_files_are_streamed_in_chunks(tmp_path: Path) -> None:
+    from bastion.engine import scanner
+
+    assert scanner.READ_CHUNK == 1 << 20 and scanner.WHOLE_FILE_LIMIT == 2 << 20
+    big = bytearray(os.urandom(5 << 20).replace(b"A", b"a").replace(b"E", b"e"))
+    boundary = 1 << 20
+    big[boundary - 2:boundary + 2] = b"ABCD"                      # across the first chunk boundary
+    big[100:104] = b"ABXY"                                        # head of a '*' signature ...
+    big[(3 << 20) + 5:(3 << 20) + 9] = b"QRST"                    # ... whose tail is chunks later
+    big[-8:] = b"EOFMARK!"
+    path = write(tmp_path / "big.bin", bytes(big))
+    md5 = __import__("hashlib").md5(big).hexdigest()
+    eng = engine_for(tmp_path, {"a.ndb": "Cross:0:*:41424344\nStar:0:*:41425859*51525354\n"
+                                         "Eof:0:EOF-8:454f464d41524b21\n",
+                                "a.hdb": f"{md5}:{len(big)}:Whole\n"}, allmatch=True)
+    res = eng.scan_file(str(path))
+    assert names(res) == ["Star.UNOFFICIAL", "Cross.UNOFFICIAL", "Eof.UNOFFICIAL", "Whole.UNOFFICIAL"]
+    assert [d.evidence.offsets for d in res.detections[:3]] == [(100,), (boundary - 2,), (len(big) - 8,)]
+    assert res.size == len(big) and res.bytes_scanned == len(big)
+
+
+def test_large_text_is_normalized_across_chunks(tmp_path: Path) -> None:
+    text = bytearray(b"lorem ipsum " * ((3 << 20) // 12))
+    pos = (1 << 20) - 4
+    text[pos:pos + 14] = b"HELLO   \n\tBOB"                     # straddles the 1 MiB boundary
+    path = write(tmp_path / "big.txt", bytes(text))
+    eng = engine_for(tmp_path, {"a.ndb": f"T7:7:*:{b'hello bob'.hex()}\n"})
+    assert names(eng.scan_file(str(path))) == ["T7.UNOFFICIAL"]
+
+
+def test_max_scansize_bounds_body_matching_not_hashing(tmp_path: Path) -> None:
+    data = os.urandom(3 << 20).replace(b"AB", b"ab") + b"ABCD"
+    md5 = __import__("hashlib").md5(data).hexdigest()
+    eng = engine_for(tmp_path, {"a.ndb": "Tail:0:*:41424344\n", "a.hdb": f"{md5}:{len(data)}:Whole\n"},
+                     allmatch=True, max_scansize=2 << 20)
+    res = eng.scan_file(str(write(tmp_path / "f.bin", data)))
+    assert names(res) == ["Whole.UNOFFICIAL"] and res.bytes_scanned == 2 << 20

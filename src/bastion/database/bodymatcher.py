@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import hyperscan
 
-from bastion.database.mapping import map_readonly
+from bastion.database.mapping import Blob, Column
 from bastion.signatures.hexpattern import literal_regex
 from bastion.signatures.model import BodySignature
 from bastion.signatures.offsets import Anchor, Offset
@@ -52,6 +52,7 @@ class BodyEntry:
     source_index: int
     line: int
     mode: str
+    max_length: int  # -1: unbounded
 
     @property
     def offset(self) -> Offset:
@@ -59,7 +60,7 @@ class BodyEntry:
 
 
 def _try_compile(expressions: Sequence[bytes], ids: Sequence[int], flags: Sequence[int]) -> hyperscan.Database | None:
-    db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+    db = hyperscan.Database(mode=hyperscan.HS_MODE_STREAM)
     try:
         db.compile(expressions=list(expressions), ids=list(ids), elements=len(expressions), flags=list(flags))
     except hyperscan.error:
@@ -101,6 +102,16 @@ def _compile_group(bodies: list[BodySignature], members: list[int]) -> tuple[byt
     return hyperscan.dumpb(db), modes
 
 
+def _deserialize(blob: bytes | None) -> hyperscan.Database | None:
+    """A streaming Hyperscan database, with the scratch python-hyperscan's Stream.close() insists on
+    using (it cannot be given one per thread; the engine serializes closes)."""
+    if not blob:
+        return None
+    db = hyperscan.loadb(blob, hyperscan.HS_MODE_STREAM)
+    db.scratch = hyperscan.Scratch(db)
+    return db
+
+
 class BodyMatcher:
     """The compiled body signatures: two Hyperscan databases and one entry per signature.
 
@@ -108,15 +119,16 @@ class BodyMatcher:
     signature fires: opening a 50,000-signature database then costs a few milliseconds.
     """
 
-    def __init__(self, index: memoryview, records: memoryview, raw: bytes | None,
-                 normalized: bytes | None, modes: dict[str, int]) -> None:
+    def __init__(self, index: Column | array, records: Blob | bytes, raw: bytes | None,
+                 normalized: bytes | None, modes: dict[str, int], keep_blobs: bool = False) -> None:
         self.index = index
         self.records = records
-        self.raw_blob = raw
-        self.normalized_blob = normalized
+        # the serialized databases are kept only to be saved; a loaded database drops them (25 MB)
+        self.raw_blob = raw if keep_blobs else None
+        self.normalized_blob = normalized if keep_blobs else None
         self.modes = modes
-        self.raw = hyperscan.loadb(raw, hyperscan.HS_MODE_BLOCK) if raw else None
-        self.normalized = hyperscan.loadb(normalized, hyperscan.HS_MODE_BLOCK) if normalized else None
+        self.raw = _deserialize(raw)
+        self.normalized = _deserialize(normalized)
         self._decoded: dict[int, BodyEntry] = {}
 
     def __len__(self) -> int:
@@ -126,7 +138,9 @@ class BodyMatcher:
         found = self._decoded.get(sid)
         if found is None:
             # plain tuples of str/int/bytes: marshal never loads code from data
-            row = marshal.loads(self.records[self.index[sid]:self.index[sid + 1]])
+            start, end = self.index[sid], self.index[sid + 1]
+            records = self.records
+            row = marshal.loads(records[start:end] if isinstance(records, bytes) else records.read(start, end))
             found = self._decoded[sid] = BodyEntry(*row)
         return found
 
@@ -146,20 +160,22 @@ class BodyMatcher:
         counts: dict[str, int] = {}
         for i, b in enumerate(bodies):
             rec = marshal.dumps((b.name, b.target, b.offset.anchor.value, b.offset.value, b.offset.section,
-                                 b.offset.maxshift, b.regex, b.pattern, b.source_index, b.line, modes[i]))
+                                 b.offset.maxshift, b.regex, b.pattern, b.source_index, b.line, modes[i],
+                                 -1 if b.max_length is None else b.max_length))
             chunks.append(rec)
             total += len(rec)
             index.append(total)
             counts[modes[i]] = counts.get(modes[i], 0) + 1
-        return cls(memoryview(index), memoryview(b"".join(chunks)), raw, norm, counts)
+        return cls(index, b"".join(chunks), raw, norm, counts, keep_blobs=True)
 
     def save(self, directory: str) -> None:
         for stem, blob in (("raw", self.raw_blob), ("normalized", self.normalized_blob)):
             if blob:
                 with open(os.path.join(directory, f"{stem}.hs"), "wb") as fh:
                     fh.write(blob)
+        assert isinstance(self.index, array) and isinstance(self.records, bytes), "only a built matcher is saved"
         with open(os.path.join(directory, "bodies.index"), "wb") as fh:
-            fh.write(self.index)
+            fh.write(self.index.tobytes())
         with open(os.path.join(directory, "bodies.records"), "wb") as fh:
             fh.write(self.records)
 
@@ -173,8 +189,8 @@ class BodyMatcher:
                     blobs[stem] = fh.read()
             else:
                 blobs[stem] = None
-        index = (map_readonly(os.path.join(directory, "bodies.index"))).cast("Q")
-        records = map_readonly(os.path.join(directory, "bodies.records"))
+        index = Column(os.path.join(directory, "bodies.index"), "Q")
+        records = Blob(os.path.join(directory, "bodies.records"))
         return cls(index, records, blobs["raw"], blobs["normalized"], modes)
 
     def mode_counts(self) -> dict[str, int]:

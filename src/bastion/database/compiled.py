@@ -28,7 +28,7 @@ from bastion.database.hashtable import HashTable
 from bastion.signatures.loader import Discovery, default_database_paths, discover, file_digest, parse_sources
 from bastion.signatures.model import HashKind, HashPurpose, LoadReport, SignatureSet
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 5
 CACHE_DIR_ENV = "BASTION_CACHE_DIR"
 # Compiled databases kept in the cache besides the one in use (oldest are removed).
 CACHE_KEEP = 4

@@ -5,10 +5,16 @@ unreadable files, vanished files and exceeded limits come back inside the :class
 One ``Engine`` is shared by all worker threads; the per-thread state (Hyperscan scratch, read
 buffer) lives in a ``threading.local``.
 
-Order of work for one object, as ClamAV does it: body signatures on the raw bytes (type-specific
+One pass, in chunks: each chunk goes to the whole-file hashers and to Hyperscan *streams* (raw bytes;
+for text and HTML also the normalized text), so a worker holds at most one chunk of a large file,
+never the whole file.  Small files are read whole and kept.  Hyperscan only nominates signatures;
+when it does, the exact regex confirms the hit and finds its offset on the whole object (a large file
+is read again for that, which only happens for files that probably match).
+
+Order of the verdicts, as ClamAV gives them: body signatures on the raw bytes (type-specific
 signatures first, then generic ones, each by offset), then on the normalized text for text/HTML
 objects, then whole-object hashes; then the allow lists (``.fp``/``.sfp``) can clear the object.
-Without ``allmatch`` the scan stops at the first detection.
+Without ``allmatch`` only the first detection is kept.
 """
 
 from __future__ import annotations
@@ -19,21 +25,26 @@ import os
 import re
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import hyperscan
 
 from bastion.database.bodymatcher import BodyEntry
 from bastion.database.compiled import Database
-from bastion.engine.filetype import NORMALIZED_TARGET, detect_type, target_matches
-from bastion.engine.normalize import normalize_text
+from bastion.engine.filetype import NORMALIZED_TARGET, TEXT_PROBE, detect_type, target_matches
+from bastion.engine.normalize import TextNormalizer, normalize_text
 from bastion.engine.verdict import Detection, Evidence, ScanResult
 from bastion.formats.executable import ExecutableInfo, parse_executable
 from bastion.signatures.model import HashKind, HashPurpose
 from bastion.signatures.offsets import EXECUTABLE_ANCHORS, Anchor
 
 MiB = 1024 * 1024
+# Files up to this size are read in one go and kept for confirming hits; larger ones are streamed.
+WHOLE_FILE_LIMIT = 2 * MiB
+READ_CHUNK = 1 * MiB
+_EXECUTABLE_TYPES = frozenset({"CL_TYPE_MSEXE", "CL_TYPE_ELF", "CL_TYPE_MACHO"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,25 +57,100 @@ class ScanOptions:
     want_sha256: bool = False
 
 
-_HASHERS: dict[HashKind, Callable[..., hashlib._Hash]] = {
+_HASHERS: dict[HashKind, Callable[[], hashlib._Hash]] = {
     HashKind.MD5: lambda: hashlib.md5(usedforsecurity=False),
     HashKind.SHA1: lambda: hashlib.sha1(usedforsecurity=False),
     HashKind.SHA256: hashlib.sha256,
 }
-# A buffer grown for one huge file is dropped afterwards, so idle workers stay small.
-_KEEP_BUFFER = 8 * MiB
+_KIND_ORDER = {HashKind.MD5: 0, HashKind.SHA1: 1, HashKind.SHA256: 2}
 
 
 class _Hits:
-    """Collects Hyperscan pattern ids for one scan (SINGLEMATCH: each id at most once)."""
+    """Collects Hyperscan pattern ids for one stream, with where each first match ended
+    (SINGLEMATCH: each id is reported at most once)."""
 
-    __slots__ = ("ids",)
+    __slots__ = ("ids", "ends")
 
     def __init__(self) -> None:
         self.ids: list[int] = []
+        self.ends: dict[int, int] = {}
 
     def __call__(self, pattern_id: int, start: int, end: int, flags: int, context: object) -> None:
         self.ids.append(pattern_id)
+        self.ends[pattern_id] = end
+
+
+class _Source:
+    """Where the scanned bytes can be had again to confirm a hit: kept in memory (small objects),
+    or read back from the file (``read`` a window, or the ``whole`` file)."""
+
+    __slots__ = ("kept", "path", "size", "limit")
+
+    def __init__(self, size: int, kept: memoryview | None = None, path: str = "", limit: int = 0) -> None:
+        self.kept = kept
+        self.path = path
+        self.size = size
+        self.limit = limit
+
+    def read(self, start: int, end: int) -> bytes | memoryview:
+        if self.kept is not None:
+            return self.kept[start:end]
+        with open(self.path, "rb", buffering=0) as fh:
+            return os.pread(fh.fileno(), max(0, end - start), start)
+
+    def whole(self) -> bytes | memoryview:
+        if self.kept is not None:
+            return self.kept
+        with open(self.path, "rb") as fh:
+            return fh.read(self.limit)
+
+
+_WINDOW_ANCHORS = frozenset({Anchor.ANY.value, Anchor.ABSOLUTE.value, Anchor.EOF.value})
+
+
+_CLOSE_LOCK = threading.Lock()
+
+
+class _Streams:
+    """The Hyperscan streams of one scan: raw bytes, and for text the normalized text twice
+    (generic signatures from the raw database, text/HTML signatures from the normalized one)."""
+
+    def __init__(self, engine: Engine, normalized: bool) -> None:
+        bodies = engine.db.bodies
+        self.raw_hits, self.norm_generic_hits, self.norm_hits = _Hits(), _Hits(), _Hits()
+        self._open: list[tuple[object, hyperscan.Scratch, _Hits]] = []
+        raw_scratch = engine._scratch("raw") if bodies.raw is not None else None
+        if bodies.raw is not None:
+            self.raw = self._start(bodies.raw, raw_scratch, self.raw_hits)
+        else:
+            self.raw = None
+        self.norm_generic = self.norm = None
+        if normalized:
+            if bodies.raw is not None:
+                self.norm_generic = self._start(bodies.raw, engine._scratch("raw2"), self.norm_generic_hits)
+            if bodies.normalized is not None:
+                self.norm = self._start(bodies.normalized, engine._scratch("normalized"), self.norm_hits)
+
+    def _start(self, db: hyperscan.Database, scratch: hyperscan.Scratch, hits: _Hits) -> tuple:
+        stream = db.stream(match_event_handler=hits)
+        stream.__enter__()  # python-hyperscan opens the Hyperscan stream here
+        entry = (stream, scratch, hits)
+        self._open.append(entry)
+        return entry
+
+    @staticmethod
+    def feed(target: tuple | None, data: bytes | memoryview) -> None:
+        if target is not None and len(data):
+            stream, scratch, hits = target
+            stream.scan(data, scratch=scratch, match_event_handler=hits)
+
+    def close(self) -> None:
+        # python-hyperscan's Stream.close() cannot take a scratch argument: it always uses the
+        # database's own scratch (see BodyMatcher), so closes are serialized by one lock.
+        with _CLOSE_LOCK:
+            for stream, _scratch, hits in self._open:
+                stream.close(match_event_handler=hits)
+        self._open.clear()
 
 
 class Engine:
@@ -75,33 +161,28 @@ class Engine:
         self.options = options or ScanOptions()
         self._local = threading.local()
         self._regex_cache: dict[int, re.Pattern[bytes]] = {}
-        detect = [(k, t) for (k, p), t in db.hash_tables.items() if p is HashPurpose.DETECT and len(t)]
-        allow = [(k, t) for (k, p), t in db.hash_tables.items() if p is HashPurpose.ALLOW and len(t)]
-        order = {HashKind.MD5: 0, HashKind.SHA1: 1, HashKind.SHA256: 2}
-        self._detect_tables = sorted(detect, key=lambda kt: order[kt[0]])
-        self._allow_tables = sorted(allow, key=lambda kt: order[kt[0]])
+        tables = db.hash_tables.items()
+        self._detect_tables = sorted(((k, t) for (k, p), t in tables if p is HashPurpose.DETECT and len(t)),
+                                     key=lambda kt: _KIND_ORDER[kt[0]])
+        self._allow_tables = sorted(((k, t) for (k, p), t in tables if p is HashPurpose.ALLOW and len(t)),
+                                    key=lambda kt: _KIND_ORDER[kt[0]])
 
     # ----------------------------------------------------------------- per-thread state
     def _scratch(self, which: str) -> hyperscan.Scratch:
         local = self._local
         scratch = getattr(local, which, None)
         if scratch is None:
-            db = self.db.bodies.raw if which == "raw" else self.db.bodies.normalized
+            db = self.db.bodies.normalized if which == "normalized" else self.db.bodies.raw
             scratch = hyperscan.Scratch(db)
             setattr(local, which, scratch)
         return scratch
 
-    def _buffer(self, size: int) -> bytearray:
-        buf: bytearray | None = getattr(self._local, "buf", None)
-        if buf is None or len(buf) < size:
-            buf = bytearray(max(size, 64 * 1024))
-            self._local.buf = buf
-        return buf
-
-    def _release_buffer(self) -> None:
+    def _buffer(self) -> memoryview:
+        """This thread's read buffer: room for one whole small file or one chunk of a large one."""
         buf = getattr(self._local, "buf", None)
-        if buf is not None and len(buf) > _KEEP_BUFFER:
-            self._local.buf = None
+        if buf is None:
+            buf = self._local.buf = memoryview(bytearray(max(WHOLE_FILE_LIMIT, READ_CHUNK)))
+        return buf
 
     # ----------------------------------------------------------------- public API
     def scan_file(self, path: str) -> ScanResult:
@@ -110,53 +191,43 @@ class Engine:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         except OSError as exc:
-            if exc.errno == errno_mod.ELOOP:  # a symlink: follow it, but only to a regular file
-                try:
-                    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-                except OSError as exc2:
-                    return self._error(result, exc2)
-            else:
+            if exc.errno != errno_mod.ELOOP:
                 return self._error(result, exc)
+            try:  # a symlink: follow it, but only to a regular file (checked below)
+                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+            except OSError as exc2:
+                return self._error(result, exc2)
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
+                os.close(fd)
                 result.error = "Not a regular file"
                 return result
-            size = st.st_size
-            result.size = size
-            if size > self.options.max_filesize:
-                result.skipped = "max-filesize"
-                return result
-            buf = self._buffer(size)
-            view = memoryview(buf)
-            got = 0
-            with os.fdopen(fd, "rb", buffering=0, closefd=True) as fh:
-                fd = -1
-                while got < size:
-                    n = fh.readinto(view[got:size])
-                    if not n:
-                        break  # the file shrank while we read it: scan what is there
-                    got += n
-            data = view[:got]
-            try:
-                self._scan(data, result)
-            finally:
-                data.release()
-                view.release()
-                self._release_buffer()
+            with os.fdopen(fd, "rb", buffering=0) as fh:
+                result.size = st.st_size
+                if st.st_size > self.options.max_filesize:
+                    result.skipped = "max-filesize"
+                    return result
+                if st.st_size <= WHOLE_FILE_LIMIT:
+                    buf = self._buffer()
+                    got = _read_into(fh, buf[:WHOLE_FILE_LIMIT])
+                    data = buf[:got]
+                    self._scan([data], got, result, _Source(got, kept=data))
+                else:
+                    self._scan(_read_chunks(fh, self._buffer()[:READ_CHUNK]), st.st_size, result,
+                               _Source(st.st_size, path=path, limit=self.options.max_filesize))
             return result
         except OSError as exc:
             return self._error(result, exc)
-        finally:
-            if fd >= 0:
-                os.close(fd)
 
     def scan_bytes(self, data: bytes | bytearray | memoryview, name: str = "stdin") -> ScanResult:
         result = ScanResult(name=name, size=len(data))
         if len(data) > self.options.max_filesize:
             result.skipped = "max-filesize"
             return result
-        self._scan(memoryview(data), result)
+        view = memoryview(data)
+        chunks = (view[i:i + READ_CHUNK] for i in range(0, len(view), READ_CHUNK))
+        self._scan(chunks, len(view), result, _Source(len(view), kept=view))
         return result
 
     @staticmethod
@@ -166,34 +237,37 @@ class Engine:
         return result
 
     # ----------------------------------------------------------------- the scan
-    def _scan(self, data: memoryview, result: ScanResult) -> None:
+    def _hash_plan(self, size: int) -> list[HashKind]:
+        kinds = {k for k, t in self._detect_tables if t.may_hold_size(size)}
+        kinds |= {k for k, t in self._allow_tables if t.may_hold_size(size)}
+        if self.options.want_sha256:
+            kinds.add(HashKind.SHA256)
+        return sorted(kinds, key=_KIND_ORDER.__getitem__)
+
+    def _scan(self, chunks: Iterator[memoryview] | list[memoryview], expected_size: int, result: ScanResult,
+              source: _Source) -> None:
+        """One pass over the chunks: hashes and Hyperscan streams; then confirm, look up, allow."""
         opts = self.options
-        size = len(data)
+        hashers = {k: _HASHERS[k]() for k in self._hash_plan(expected_size)}
+        opened: list[_Streams] = []
+        try:
+            size = self._feed(chunks, hashers, opened, result)
+        finally:
+            for streams in opened:
+                streams.close()
+        ftype = result.file_type
         result.size = size
-        ftype = detect_type(data)
-        result.file_type = ftype
-        body_view = data[: opts.max_scansize] if size > opts.max_scansize else data
-        result.bytes_scanned = len(body_view)
+        result.bytes_scanned = min(size, opts.max_scansize)
         found = result.detections
-        exe_cache: list[ExecutableInfo | None] = []
-
-        def exe() -> ExecutableInfo | None:
-            if not exe_cache:
-                exe_cache.append(parse_executable(data) if ftype in ("CL_TYPE_MSEXE", "CL_TYPE_ELF",
-                                                                      "CL_TYPE_MACHO") else None)
-            return exe_cache[0]
-
-        self._match_bodies(body_view, ftype, None, exe, found, normalized=False)
-        norm_target = NORMALIZED_TARGET.get(ftype)
-        if norm_target is not None and (opts.allmatch or not found):
-            normalized = normalize_text(body_view)
-            self._match_bodies(memoryview(normalized), ftype, norm_target, exe, found, normalized=True)
-        digests: dict[HashKind, bytes] = {}
+        if opened:
+            source.size = size
+            self._confirm_bodies(opened[0], ftype, source, found)
+        digests = {k: h.digest() for k, h in hashers.items()}
         if opts.allmatch or not found:
             for kind, table in self._detect_tables:
-                if not table.may_hold_size(size):
+                digest = digests.get(kind)
+                if digest is None:
                     continue
-                digest = self._digest(kind, data, digests)
                 for hit in table.lookup(digest, size):
                     found.append(Detection(hit.name, Evidence(
                         kind=f"hash.{kind.value}", source=self.db.sources[hit.source_index].path,
@@ -202,53 +276,134 @@ class Engine:
                         break
                 if found and not opts.allmatch:
                     break
-        if found and self._allow_tables:
-            for kind, table in self._allow_tables:
-                if not table.may_hold_size(size):
-                    continue
-                hits = table.lookup(self._digest(kind, data, digests), size)
-                if hits:
-                    source = self.db.sources[hits[0].source_index].path
-                    result.allowed_by = f"{source}:{hits[0].line}"
-                    found.clear()
-                    break
+        if found:
+            self._apply_allow_lists(result, digests, size)
         if opts.want_sha256:
-            result.sha256 = self._digest(HashKind.SHA256, data, digests).hex()
+            result.sha256 = digests[HashKind.SHA256].hex()
 
-    @staticmethod
-    def _digest(kind: HashKind, data: memoryview, cache: dict[HashKind, bytes]) -> bytes:
-        digest = cache.get(kind)
-        if digest is None:
-            h = _HASHERS[kind]()
-            h.update(data)
-            digest = cache[kind] = h.digest()
-        return digest
+    def _feed(self, chunks: Iterator[memoryview] | list[memoryview], hashers: dict[HashKind, hashlib._Hash],
+              opened: list[_Streams], result: ScanResult) -> int:
+        """Hash every chunk and stream it (and its normalized text) through Hyperscan; return the size."""
+        limit = self.options.max_scansize
+        streams: _Streams | None = None
+        normalizer: TextNormalizer | None = None
+        size = 0
+        for chunk in chunks:
+            if streams is None:
+                ftype = result.file_type = detect_type(chunk[:TEXT_PROBE])
+                normalizer = TextNormalizer() if ftype in NORMALIZED_TARGET else None
+                streams = _Streams(self, normalized=normalizer is not None)
+                opened.append(streams)
+            for h in hashers.values():
+                h.update(chunk)
+            if size < limit:
+                part = chunk[: limit - size]
+                streams.feed(streams.raw, part)
+                if normalizer is not None:
+                    text = normalizer.feed(part)
+                    streams.feed(streams.norm_generic, text)
+                    streams.feed(streams.norm, text)
+            size += len(chunk)
+        if streams is None:
+            result.file_type = detect_type(b"")
+        return size
 
-    def _match_bodies(self, data: memoryview, ftype: str, norm_target: int | None,
-                      exe: Callable[[], ExecutableInfo | None], found: list[Detection], normalized: bool) -> None:
+    def _apply_allow_lists(self, result: ScanResult, digests: dict[HashKind, bytes], size: int) -> None:
+        for kind, table in self._allow_tables:
+            digest = digests.get(kind)
+            if digest is None:
+                continue
+            hits = table.lookup(digest, size)
+            if hits:
+                result.allowed_by = f"{self.db.sources[hits[0].source_index].path}:{hits[0].line}"
+                result.detections.clear()
+                return
+
+    def _candidates(self, ids: list[int], ftype: str, norm_target: int | None) -> list[int]:
+        """Signatures Hyperscan nominated whose target type fits the object (raw or normalized view)."""
         bodies = self.db.bodies
-        hits = _Hits()
-        if bodies.raw is not None and len(data):
-            bodies.raw.scan(data, match_event_handler=hits, scratch=self._scratch("raw"))
-        if normalized and bodies.normalized is not None and len(data):
-            bodies.normalized.scan(data, match_event_handler=hits, scratch=self._scratch("normalized"))
-        if not hits.ids:
+        keep = []
+        for sid in ids:
+            target = bodies.entry(sid).target
+            if norm_target is None:
+                if target not in (3, 7) and target_matches(target, ftype):
+                    keep.append(sid)
+            elif target in (0, norm_target):
+                keep.append(sid)
+        return keep
+
+    def _confirm_bodies(self, streams: _Streams, ftype: str, source: _Source, found: list[Detection]) -> None:
+        norm_target = NORMALIZED_TARGET.get(ftype)
+        raw_ids = self._candidates(streams.raw_hits.ids, ftype, None)
+        norm_ids = self._candidates(streams.norm_generic_hits.ids + streams.norm_hits.ids, ftype, norm_target) \
+            if norm_target is not None else []
+        if not raw_ids and not norm_ids:
             return
         confirmed: list[tuple[int, int, int]] = []  # (generic?, offset, id)
-        for sid in hits.ids:
-            entry = bodies.entry(sid)
-            target = entry.target
-            if normalized:
-                if target not in (0, norm_target):
-                    continue
-            elif target in (3, 7) or not target_matches(target, ftype):
+        if source.kept is None:  # a streamed file: confirm what we can from small windows
+            raw_ids = self._confirm_in_windows(raw_ids, streams.raw_hits.ends, source, confirmed)
+        if raw_ids or norm_ids:
+            data = memoryview(source.whole())
+            if len(data) > self.options.max_scansize:
+                data = data[: self.options.max_scansize]
+            exe_cache: list[ExecutableInfo | None] = []
+
+            def exe() -> ExecutableInfo | None:
+                if not exe_cache:
+                    exe_cache.append(parse_executable(data) if ftype in _EXECUTABLE_TYPES else None)
+                return exe_cache[0]
+
+            confirmed += self._confirm_all(raw_ids, data, exe)
+        self._report_bodies(confirmed, found, normalized=False)
+        if norm_ids and (self.options.allmatch or not found):
+            self._report_bodies(self._confirm_all(norm_ids, memoryview(normalize_text(data)), exe), found,
+                                normalized=True)
+
+    def _confirm_in_windows(self, ids: list[int], ends: dict[int, int], source: _Source,
+                            confirmed: list[tuple[int, int, int]]) -> list[int]:
+        """Confirm bounded, exactly-compiled signatures by reading only the bytes a match can occupy.
+
+        For ``*`` offsets the window ends where Hyperscan saw the first match end, so the offset
+        reported is that match's start.  Returns the ids that need the whole object instead.
+        """
+        rest = []
+        limit = min(source.size, self.options.max_scansize)
+        for sid in ids:
+            entry = self.db.bodies.entry(sid)
+            anchor = entry.anchor
+            if entry.mode != "exact" or entry.max_length < 0 or anchor not in _WINDOW_ANCHORS:
+                rest.append(sid)
                 continue
+            if anchor == Anchor.ANY.value:
+                end = ends[sid]
+                lo = hi = max(0, end - entry.max_length)
+                hi = end
+            else:
+                lo = entry.value if anchor == Anchor.ABSOLUTE.value else source.size - entry.value
+                hi = lo + entry.maxshift
+                end = min(hi + entry.max_length, limit)
+            if lo < 0 or lo >= limit:
+                continue
+            window = source.read(lo, end)
+            m = self._regex(sid, entry).search(window)
+            if m is not None and (anchor == Anchor.ANY.value or m.start() <= hi - lo):
+                confirmed.append((1 if entry.target == 0 else 0, lo + m.start(), sid))
+        return rest
+
+    def _confirm_all(self, ids: list[int], data: memoryview,
+                     exe: Callable[[], ExecutableInfo | None]) -> list[tuple[int, int, int]]:
+        confirmed = []
+        for sid in ids:
+            entry = self.db.bodies.entry(sid)
             start = self._confirm(sid, entry, data, exe)
             if start is not None:
-                confirmed.append((1 if target == 0 else 0, start, sid))
+                confirmed.append((1 if entry.target == 0 else 0, start, sid))
+        return confirmed
+
+    def _report_bodies(self, confirmed: list[tuple[int, int, int]], found: list[Detection], normalized: bool) -> None:
         confirmed.sort()
         for _, start, sid in confirmed:
-            entry = bodies.entry(sid)
+            entry = self.db.bodies.entry(sid)
             found.append(Detection(entry.name, Evidence(
                 kind="body", source=self.db.sources[entry.source_index].path, line=entry.line,
                 db_version=self.db.version, offsets=(start,), normalized=normalized, pattern=entry.pattern)))
@@ -310,3 +465,25 @@ class Engine:
         if m is None or m.start() > hi:
             return None
         return m.start()
+
+
+def _read_into(fh: BinaryIO, view: memoryview) -> int:
+    """Fill ``view`` from ``fh``; fewer bytes if the file is shorter (or shrank while we read)."""
+    got = 0
+    while got < len(view):
+        n = fh.readinto(view[got:])  # type: ignore[attr-defined]
+        if not n:
+            break
+        got += n
+    return got
+
+
+def _read_chunks(fh: BinaryIO, buf: memoryview) -> Iterator[memoryview]:
+    """The file's content, one reused buffer-full at a time."""
+    while True:
+        n = _read_into(fh, buf)
+        if n:
+            yield buf[:n]
+        if n < len(buf):
+            return
+

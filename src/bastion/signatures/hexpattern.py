@@ -32,6 +32,7 @@ class Translation:
     prefilter_exact: bool
     longest_literal: bytes
     min_length: int
+    max_length: int | None  # None: unbounded ('*', '{n-}')
 
 
 class _Tok:
@@ -199,6 +200,27 @@ def _min_len(seq: list[_Tok]) -> int:
     return n
 
 
+def _max_len(seq: list[_Tok]) -> int | None:
+    n = 0
+    for t in seq:
+        if t.kind in ("lit", "any", "nhi", "nlo"):
+            n += 1
+        elif t.kind in ("gap", "bgap"):
+            if t.b is None:
+                return None
+            n += t.b
+        elif t.kind == "star":
+            return None
+        elif t.kind == "bnd":
+            n += 2 if t.a == ord("L") else (1 if t.a == ord("W") else 0)
+        elif t.kind == "alt":
+            sub = [_max_len(a) for a in t.alts or []]
+            if None in sub:
+                return None
+            n += max(x for x in sub if x is not None)
+    return n
+
+
 def _emit(seq: list[_Tok], exact: bool, at_start: bool, at_end: bool) -> tuple[str, bool]:
     """Regex text for ``seq``; ``exact`` selects the Python form.  Returns (text, faithful)."""
     parts: list[str] = []
@@ -298,7 +320,7 @@ def _translate_literal(text: str) -> Translation | None:
     if len(data) < 2:
         raise ValueError("body signature shorter than 2 bytes")
     regex = "".join([_ESCAPED[b] for b in data]).encode("ascii")
-    return Translation(regex, regex, True, data, len(data))
+    return Translation(regex, regex, True, data, len(data), len(data))
 
 
 def translate(text: str) -> Translation:
@@ -321,7 +343,8 @@ def translate(text: str) -> Translation:
     regex, _ = _emit(seq, exact=True, at_start=True, at_end=True)
     prefilter, faithful = _emit(seq, exact=False, at_start=True, at_end=True)
     longest = max(_literal_runs(seq), key=len, default=b"")
-    return Translation(regex.encode("ascii"), prefilter.encode("ascii"), faithful, longest, _min_len(seq))
+    return Translation(regex.encode("ascii"), prefilter.encode("ascii"), faithful, longest, _min_len(seq),
+                       _max_len(seq))
 
 
 def literal_regex(data: bytes) -> bytes:

@@ -90,6 +90,7 @@ class BodySignature:
     prefilter: bytes
     prefilter_exact: bool
     longest_literal: bytes
+    max_length: int | None
     source_index: int
     line: int
 

@@ -68,6 +68,6 @@ def parse_ndb(path: str, data: bytes, sigset: SignatureSet, source_index: int, o
         sigset.bodies.append(BodySignature(
             name=printed_name(name, official), target=target, offset=offset, pattern=hex_text,
             regex=tr.regex, prefilter=tr.prefilter, prefilter_exact=tr.prefilter_exact,
-            longest_literal=tr.longest_literal,
+            longest_literal=tr.longest_literal, max_length=tr.max_length,
             source_index=source_index, line=number,
         ))
