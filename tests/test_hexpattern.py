@@ -45,7 +45,6 @@ def test_syntax_matches_and_misses(sig: str, hit: bytes, miss: bytes) -> None:
     "41",                    # shorter than 2 bytes
     "414",                   # odd digits
     "41zz42",                # not hex
-    "4142{5-2}4344",         # bad range
     "4142(43)4445",          # one alternative
     "4142!(43|4445)4647",    # negation of mixed lengths
     "4142(43|*)4445",        # '*' in alternatives
@@ -70,3 +69,10 @@ def test_prefilter_is_superset_for_lookaround_tokens() -> None:
 def test_fixed_gap_under_128_does_not_split() -> None:
     # {n} with n < 128 is n x ??, so the part needs no literal run of its own on both sides
     translate("41424344{10}45")
+
+
+def test_reversed_range_loads_but_never_matches() -> None:
+    # clamscan 1.4.6 accepts {5-2} and never matches it
+    tr = translate("4142{5-2}4344")
+    assert not tr.prefilter_exact
+    assert not re.search(tr.regex, b"AB" + b"x" * 5 + b"CD", re.DOTALL)

@@ -67,9 +67,11 @@ class Output:
             self.log = open(args.log, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def result(self, line: str, infected: bool = False, ok: bool = False) -> None:
+        """A result line.  ``ok`` marks ``path: OK`` lines (hidden by -o); --quiet hides every result
+        line and -i every line but detections, as clamscan does."""
         if self.log is not None:
             self.log.write(line + "\n")
-        if self.quiet and not infected:
+        if self.quiet:
             return
         if ok and self.suppress_ok:
             return
@@ -199,7 +201,11 @@ def _report_result(out: Output, tally: Tally, name: str, res: ScanResult) -> Non
             out.result(f"{name}: {res.error} ERROR")
         return
     if res.size == 0 and res.skipped is None:
-        out.result(f"{name}: Empty file", ok=True)
+        if name == "stdin":  # clamscan scans an empty stream and calls it clean
+            tally.files += 1
+            out.result(f"{name}: OK", ok=True)
+            return
+        out.result(f"{name}: Empty file")
         return
     tally.files += 1
     tally.bytes_read += res.size
@@ -219,9 +225,9 @@ def _handle_entry(out: Output, tally: Tally, entry: Entry, res: ScanResult | Non
     elif kind is Kind.DIRECTORY:
         tally.directories += 1
     elif kind is Kind.EXCLUDED:
-        out.result(f"{entry.path}: Excluded", ok=True)
+        out.result(f"{entry.path}: Excluded")
     elif kind is Kind.SYMLINK:
-        out.result(f"{entry.path}: Symbolic link", ok=True)
+        out.result(f"{entry.path}: Symbolic link")
     elif kind is Kind.UNSUPPORTED:
         tally.had_problem = True
         out.warn(f"WARNING: {entry.path}: Not supported file type")

@@ -7,7 +7,9 @@ the formats issue.  Typing looks only at the first bytes of the object.
 from __future__ import annotations
 
 TEXT_PROBE = 1024
-_TEXT_BYTES = frozenset(range(0x20, 0x7F)) | frozenset(b"\t\n\r\f\b\x1b")
+# Bytes that make an object binary, as in file(1)'s text test that ClamAV's typing follows: most C0
+# controls.  High bytes (UTF-8, Latin-1) and BEL/BS/TAB/LF/VT/FF/CR/ESC/DEL keep it text.
+_BINARY_BYTES = bytes([*range(0x00, 0x07), *range(0x0E, 0x1B), *range(0x1C, 0x20)])
 _HTML_MARKERS = (b"<html", b"<body", b"<script", b"<head", b"<!doctype html", b"<iframe", b"<meta",
                  b"<a href", b"<form", b"<title", b"<img", b"<div", b"<style")
 _MAIL_MARKERS = (b"from ", b"received: ", b"return-path: ", b"delivered-to: ", b"x-mailer: ",
@@ -39,7 +41,7 @@ def target_matches(target: int, file_type: str) -> bool:
 
 def is_text(head: bytes | memoryview) -> bool:
     probe = bytes(head[:TEXT_PROBE])
-    return bool(probe) and all(b in _TEXT_BYTES for b in probe)
+    return bool(probe) and len(probe.translate(None, _BINARY_BYTES)) == len(probe)
 
 
 def detect_type(data: bytes | memoryview) -> str:

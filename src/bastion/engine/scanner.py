@@ -44,7 +44,12 @@ MiB = 1024 * 1024
 # Files up to this size are read in one go and kept for confirming hits; larger ones are streamed.
 WHOLE_FILE_LIMIT = 2 * MiB
 READ_CHUNK = 1 * MiB
+# Objects of this many bytes or fewer are not scanned (ClamAV's minimum, checked with clamscan 1.4.6).
+TOO_SMALL = 5
 _EXECUTABLE_TYPES = frozenset({"CL_TYPE_MSEXE", "CL_TYPE_ELF", "CL_TYPE_MACHO"})
+# Types ClamAV matches only through their normalized form: no raw body scan, no whole-file hashes
+# (clamscan 1.4.6 on HTML, tests/test_clamscan_parity.py).
+_NORMALIZED_ONLY = frozenset({"CL_TYPE_HTML"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +253,11 @@ class Engine:
               source: _Source) -> None:
         """One pass over the chunks: hashes and Hyperscan streams; then confirm, look up, allow."""
         opts = self.options
+        if 0 < expected_size <= TOO_SMALL:
+            # clamscan skips these ("File too small") and reports them clean; so do we
+            result.size = expected_size
+            result.file_type = detect_type(b"")
+            return
         hashers = {k: _HASHERS[k]() for k in self._hash_plan(expected_size)}
         opened: list[_Streams] = []
         try:
@@ -263,7 +273,7 @@ class Engine:
             source.size = size
             self._confirm_bodies(opened[0], ftype, source, found)
         digests = {k: h.digest() for k, h in hashers.items()}
-        if opts.allmatch or not found:
+        if (opts.allmatch or not found) and ftype not in _NORMALIZED_ONLY:
             for kind, table in self._detect_tables:
                 digest = digests.get(kind)
                 if digest is None:
@@ -287,18 +297,21 @@ class Engine:
         limit = self.options.max_scansize
         streams: _Streams | None = None
         normalizer: TextNormalizer | None = None
+        raw_scan = True
         size = 0
         for chunk in chunks:
             if streams is None:
                 ftype = result.file_type = detect_type(chunk[:TEXT_PROBE])
                 normalizer = TextNormalizer() if ftype in NORMALIZED_TARGET else None
+                raw_scan = ftype not in _NORMALIZED_ONLY
                 streams = _Streams(self, normalized=normalizer is not None)
                 opened.append(streams)
             for h in hashers.values():
                 h.update(chunk)
             if size < limit:
                 part = chunk[: limit - size]
-                streams.feed(streams.raw, part)
+                if raw_scan:
+                    streams.feed(streams.raw, part)
                 if normalizer is not None:
                     text = normalizer.feed(part)
                     streams.feed(streams.norm_generic, text)
@@ -454,12 +467,10 @@ class Engine:
                 hi = lo + entry.maxshift
             else:  # SECTION_ENTIRE
                 sec = info.sections[entry.section]
-                lo, hi = sec.raw_offset, sec.raw_offset + sec.raw_size
+                lo, hi = sec.raw_offset, sec.raw_offset + sec.raw_size + entry.maxshift
         else:  # VI is matched against PE version info: not available yet, never matches
             return None
-        if lo < 0:
-            lo = 0
-        if lo > hi or lo >= size:
+        if lo < 0 or lo >= size:  # ClamAV: an offset before the start never matches, whatever the maxshift
             return None
         m = rx.match(data, lo) if lo == hi else rx.search(data, lo)
         if m is None or m.start() > hi:

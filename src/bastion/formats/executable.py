@@ -124,7 +124,7 @@ def _parse_pe(data: Buffer) -> ExecutableInfo | None:
     for i in range(nsections):
         vsize, vaddr, raw_size, raw_ptr = r.unpack("IIII", table + i * 40 + 8)
         raw = _align_down(raw_ptr, falign)
-        rsz = _align_up(raw_size + raw_ptr - raw, falign) if raw_size else 0
+        rsz = _align_up(raw_size, falign) if raw_size else 0
         if raw >= r.size:
             rsz = 0
         elif raw + rsz > r.size:

@@ -10,7 +10,6 @@ from bastion.signatures.errors import SignatureError
 from bastion.signatures.model import ANY_SIZE, HashKind, HashPurpose, SignatureSet
 from bastion.signatures.textdb import (
     flevel_allows,
-    flevel_field,
     is_ignored,
     iter_signature_lines,
     printed_name,
@@ -18,6 +17,15 @@ from bastion.signatures.textdb import (
 
 WILDCARD_SIZE_MIN_FLEVEL = 73
 _KIND_BY_HEX_LENGTH = {32: HashKind.MD5, 40: HashKind.SHA1, 64: HashKind.SHA256}
+
+
+def _lenient_flevel(text: str) -> int | None:
+    """Hash databases read FL fields like C's atoi (clamscan 1.4.6): ``73x`` is 73, ``""`` is 0, and a
+    field that does not start with a digit makes the line be skipped (None)."""
+    if text == "":
+        return 0
+    digits = len(text) - len(text.lstrip("0123456789"))
+    return int(text[:digits]) if digits else None
 
 
 def parse_hash_db(path: str, data: bytes, sigset: SignatureSet, source_index: int, official: bool,
@@ -42,8 +50,11 @@ def parse_hash_db(path: str, data: bytes, sigset: SignatureSet, source_index: in
             raise SignatureError(path, number, "hash is not hexadecimal") from None
         if not name:
             raise SignatureError(path, number, "empty signature name")
-        minimum = flevel_field(path, number, fields[3], "minimum") if count > 3 else 0
-        maximum = flevel_field(path, number, fields[4], "maximum") if count > 4 else None
+        minimum = _lenient_flevel(fields[3]) if count > 3 else 0
+        maximum = _lenient_flevel(fields[4]) if count > 4 else None
+        if minimum is None or (count > 4 and maximum is None):
+            report.skipped_by_flevel += 1  # clamscan skips a line whose FL field has no number
+            continue
         if size_text == "*":
             if minimum < WILDCARD_SIZE_MIN_FLEVEL:
                 raise SignatureError(path, number, "size '*' requires a minimum functionality level of 73")

@@ -55,6 +55,7 @@ class _Parser:
     def __init__(self, text: str) -> None:
         self.s = text
         self.i = 0
+        self.never = False
 
     def fail(self, msg: str) -> ValueError:
         return ValueError(f"{msg} at position {self.i} of body signature")
@@ -118,8 +119,10 @@ class _Parser:
                 lo = hi = int(body)
         except ValueError:
             raise self.fail(f"bad range {{{body}}}") from None
-        if lo < 0 or (hi is not None and hi < lo):
+        if lo < 0:
             raise self.fail(f"bad range {{{body}}}")
+        if hi is not None and hi < lo:
+            self.never = True  # clamscan loads {5-2} and never matches it
         return _Tok("gap", lo, hi)
 
     def parse_brange(self) -> _Tok:
@@ -212,13 +215,25 @@ def _max_len(seq: list[_Tok]) -> int | None:
         elif t.kind == "star":
             return None
         elif t.kind == "bnd":
-            n += 2 if t.a == ord("L") else (1 if t.a == ord("W") else 0)
+            n += 2 if t.a == ord("L") else 1
         elif t.kind == "alt":
             sub = [_max_len(a) for a in t.alts or []]
             if None in sub:
                 return None
             n += max(x for x in sub if x is not None)
     return n
+
+
+_BOUNDARY_MIDDLE = {"B": r"[ \n\r./\-<>=@_\"']", "L": r"(?:\r?\n)", "W": "[^A-Za-z0-9]"}
+_BOUNDARY_WIDENED = {"B": ".", "L": ".{1,2}"}
+_BOUNDARY_EDGE = {
+    ("B", "left"): r"(?<![^ \-./<@_])",
+    ("B", "right"): r"(?![^\n\r \"'\-/=>_])",
+    ("L", "left"): r"(?<![^\n])",
+    ("L", "right"): r"(?=\r?\n|\Z)",
+    ("W", "left"): r"(?<![A-Za-z0-9])",
+    ("W", "right"): r"(?![A-Za-z0-9])",
+}
 
 
 def _emit(seq: list[_Tok], exact: bool, at_start: bool, at_end: bool) -> tuple[str, bool]:
@@ -239,6 +254,9 @@ def _emit(seq: list[_Tok], exact: bool, at_start: bool, at_end: bool) -> tuple[s
         elif k in ("gap", "bgap"):
             if t.b is None:
                 parts.append(f".{{{t.a},}}")
+            elif t.b < t.a:
+                parts.append(f".{{{t.a}}}(?!)" if exact else f".{{{t.a}}}")
+                faithful = False
             elif t.a == t.b:
                 parts.append(f".{{{t.a}}}")
             else:
@@ -246,19 +264,18 @@ def _emit(seq: list[_Tok], exact: bool, at_start: bool, at_end: bool) -> tuple[s
         elif k == "star":
             parts.append(".*?" if exact else ".*")
         elif k == "bnd":
+            # ClamAV (matcher-ac.c, checked against clamscan 1.4.6 in tests/test_clamscan_parity.py):
+            # at an end of the pattern a boundary checks the byte beyond (a file edge counts);
+            # inside the pattern it consumes one byte of its class.
             letter = chr(t.a)
-            if letter == "W":
-                parts.append("[^A-Za-z0-9]")
+            edge = "left" if idx == 0 and at_start else "right" if idx == last and at_end else ""
+            if not edge:
+                parts.append(_BOUNDARY_MIDDLE[letter] if exact or letter == "W" else _BOUNDARY_WIDENED[letter])
+                faithful = faithful and letter == "W"
             elif not exact:
                 faithful = False  # zero-width checks: the prefilter widens them away
-            elif letter == "B":
-                parts.append(r"\b")
-            elif idx == 0 and at_start:
-                parts.append(r"(?<![^\r\n])")
-            elif idx == last and at_end:
-                parts.append(r"(?![^\r\n])")
             else:
-                parts.append(r"(?:\r\n|\r|\n)")
+                parts.append(_BOUNDARY_EDGE[letter, edge])
         elif k == "alt":
             alts = t.alts or []
             if t.neg:
@@ -340,6 +357,13 @@ def translate(text: str) -> Translation:
     for part in _split_parts(seq):
         if not any(len(run) >= 2 for run in _literal_runs(part)):
             raise ValueError("every part of a body signature needs at least 2 consecutive literal bytes")
+    for idx, t in enumerate(seq):
+        if t.kind == "bgap":
+            # aa[x-y]HEX or HEX[x-y]aa: exactly one byte on one side, at an end of the signature
+            single_left = idx == 1 and seq[0].kind == "lit"
+            single_right = idx == len(seq) - 2 and seq[-1].kind == "lit"
+            if not (single_left or single_right):
+                raise ValueError("[x-y] must join a single byte at one end of the signature to the rest")
     regex, _ = _emit(seq, exact=True, at_start=True, at_end=True)
     prefilter, faithful = _emit(seq, exact=False, at_start=True, at_end=True)
     longest = max(_literal_runs(seq), key=len, default=b"")

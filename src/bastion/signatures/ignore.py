@@ -10,17 +10,9 @@ import re
 
 from bastion.signatures.errors import SignatureError
 from bastion.signatures.model import SignatureSet
-from bastion.signatures.textdb import UNOFFICIAL, iter_signature_lines
+from bastion.signatures.textdb import iter_signature_lines
 
 _MD5 = re.compile(r"[0-9a-fA-F]{32}")
-_VERSION_SUFFIX = re.compile(r"\.\{[^}]*\}$")
-
-
-def bare_name(name: str) -> str:
-    """Strip ``.UNOFFICIAL`` or a ``.{...}`` suffix before comparing, as ClamAV does."""
-    if name.endswith(UNOFFICIAL):
-        name = name[: -len(UNOFFICIAL)]
-    return _VERSION_SUFFIX.sub("", name)
 
 
 def parse_ignore(path: str, data: bytes, sigset: SignatureSet) -> None:
@@ -39,4 +31,5 @@ def parse_ignore(path: str, data: bytes, sigset: SignatureSet) -> None:
             raise SignatureError(path, number, f"expected 1 to 3 ':'-separated fields, found {len(fields)}")
         if not name:
             raise SignatureError(path, number, "empty signature name")
-        sigset.ignores.setdefault(bare_name(name), set()).add(digest)
+        # the entry is compared as written: "X.UNOFFICIAL" does not ignore X (clamscan 1.4.6)
+        sigset.ignores.setdefault(name, set()).add(digest)

@@ -143,8 +143,8 @@ def discover(paths: list[str], pua: bool = False, official: bool = False,
             candidates.append(SourceCandidate(given, role, official, _digest_or_error(given, digest)))
         else:
             raise SignatureError(given, 0, "no such file or directory")
-    # ignore lists apply to everything loaded after them, whichever -d named them
-    candidates.sort(key=lambda c: c.role != "ignore")
+    # as in ClamAV, an ignore list applies to what loads after it: first in a directory, but a
+    # separate -d only to the -d arguments that follow it
     return Discovery(candidates, skipped)
 
 
