@@ -81,13 +81,14 @@ def test_digest_with_trailing_zero_bytes(tmp_path: Path) -> None:
 
 def test_patterns_hyperscan_refuses_fall_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from bastion.database import bodymatcher
+    from bastion.signatures.hexpattern import literal_regex
 
     real = bodymatcher._try_compile
 
     def refuse_b(exprs, ids, flags):  # simulate Hyperscan refusing pattern B in every mode but literal
         import hyperscan
 
-        if any(e == bodymatcher.literal_regex(b"\x45\x46\x47") for e in exprs):
+        if any(e == literal_regex(b"\x45\x46\x47") for e in exprs):
             return real(exprs, ids, flags)
         if any(b"\\x45\\x46\\x47" in e for e in exprs):
             return None

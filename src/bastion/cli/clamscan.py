@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import errno
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass
 from typing import TextIO
 
 from bastion import CLAMAV_COMPAT_VERSION, __version__
-from bastion.cli.common import SignatureError, load_database, parse_size
+from bastion.cli.common import SignatureError, compile_patterns, load_database, parse_size
 from bastion.cli.runner import default_jobs, scan_entries
 from bastion.cli.walker import Entry, Kind, WalkOptions, walk
 from bastion.engine import Engine, ScanOptions, ScanResult
@@ -146,16 +145,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _yes(value: str) -> bool:
     return value.lower() in ("yes", "y", "1", "true", "on")
-
-
-def _compile_all(patterns: list[str], option: str) -> list[re.Pattern[str]]:
-    out = []
-    for text in patterns:
-        try:
-            out.append(re.compile(text))
-        except re.error as exc:
-            raise ValueError(f"{option}: bad regular expression {text!r}: {exc}") from None
-    return out
 
 
 def _summary(db_count: int, tally: Tally, started: float, start_wall: float) -> str:
@@ -294,10 +283,10 @@ def _run(args: argparse.Namespace, out: Output) -> int:
         max_scansize = parse_size(args.max_scansize) or (1 << 62)
         walk_opts = WalkOptions(
             recursive=args.recursive,
-            exclude=_compile_all(args.exclude, "--exclude"),
-            exclude_dir=_compile_all(args.exclude_dir, "--exclude-dir"),
-            include=_compile_all(args.include, "--include"),
-            include_dir=_compile_all(args.include_dir, "--include-dir"),
+            exclude=compile_patterns(args.exclude, "--exclude"),
+            exclude_dir=compile_patterns(args.exclude_dir, "--exclude-dir"),
+            include=compile_patterns(args.include, "--include"),
+            include_dir=compile_patterns(args.include_dir, "--include-dir"),
             cross_fs=_yes(args.cross_fs),
         )
     except ValueError as exc:

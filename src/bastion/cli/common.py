@@ -19,9 +19,20 @@ def parse_size(text: str) -> int:
     return int(m.group(1)) * unit
 
 
+def compile_patterns(patterns: list[str], option: str) -> list[re.Pattern[str]]:
+    """The regexes of --exclude/--include style options; a bad one is a ValueError naming the option."""
+    out = []
+    for text in patterns:
+        try:
+            out.append(re.compile(text))
+        except re.error as exc:
+            raise ValueError(f"{option}: bad regular expression {text!r}: {exc}") from None
+    return out
+
+
 def load_database(paths: list[str] | None, pua: bool = False) -> Database:
     """Load or fail with :class:`SignatureError` (``file:line: reason``); never a partial database."""
     return open_database(paths or None, pua=pua)
 
 
-__all__ = ["Database", "SignatureError", "load_database", "parse_size"]
+__all__ = ["Database", "SignatureError", "compile_patterns", "load_database", "parse_size"]

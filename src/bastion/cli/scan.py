@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import threading
 import time
@@ -40,7 +39,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from bastion.cli.common import SignatureError, load_database, parse_size
+from bastion.cli.common import SignatureError, compile_patterns, load_database, parse_size
 from bastion.cli.runner import default_jobs, scan_entries
 from bastion.cli.walker import Entry, Kind, WalkOptions, walk
 from bastion.database.compiled import Database
@@ -273,16 +272,6 @@ def _make_progress() -> Progress:
 
 
 # ------------------------------------------------------------------------------------ the scan
-def _compile_all(patterns: list[str], option: str) -> list[re.Pattern[str]]:
-    out = []
-    for text in patterns:
-        try:
-            out.append(re.compile(text))
-        except re.error as exc:
-            raise ValueError(f"{option}: bad regular expression {text!r}: {exc}") from None
-    return out
-
-
 def _warn(message: str) -> None:
     sys.stderr.write(message + "\n")
     sys.stderr.flush()
@@ -298,8 +287,8 @@ def run(argv: list[str] | None = None) -> int:
         max_filesize = parse_size(args.max_filesize) or (1 << 62)
         max_scansize = parse_size(args.max_scansize) or (1 << 62)
         walk_opts = WalkOptions(recursive=args.recursive,
-                                exclude=_compile_all(args.exclude, "--exclude"),
-                                exclude_dir=_compile_all(args.exclude_dir, "--exclude-dir"))
+                                exclude=compile_patterns(args.exclude, "--exclude"),
+                                exclude_dir=compile_patterns(args.exclude_dir, "--exclude-dir"))
     except ValueError as exc:
         _warn(f"error: {exc}")
         return 2

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 import hyperscan
 
 from bastion.database.mapping import Blob, Column
-from bastion.signatures.hexpattern import literal_regex
 from bastion.signatures.model import BodySignature
 from bastion.signatures.offsets import Anchor, Offset
 
@@ -72,6 +71,7 @@ def _compile_group(bodies: list[BodySignature], members: list[int]) -> tuple[byt
     """Compile ``members`` (indexes into ``bodies``); returns (serialized DB, mode per member)."""
     if not members:
         return None, {}
+    from bastion.signatures.hexpattern import literal_regex  # compile time only
     exprs = {i: bodies[i].prefilter for i in members}
     flags = dict.fromkeys(members, _BASE_FLAGS)
     modes = dict.fromkeys(members, "exact")

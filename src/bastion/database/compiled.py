@@ -17,12 +17,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 
 from bastion import FUNCTIONALITY_LEVEL, __version__
-from bastion.database.atomic import publish_directory
 from bastion.database.bodymatcher import BodyMatcher
 from bastion.database.hashtable import HashTable
 from bastion.signatures.loader import Discovery, default_database_paths, discover, file_digest, parse_sources
@@ -134,6 +132,12 @@ class Database:
         )
 
 
+def _remove_tree(path: str) -> None:
+    import shutil  # only on the rare paths that need it: keeps it off the warm start
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def cache_dir() -> str:
     explicit = os.environ.get(CACHE_DIR_ENV)
     if explicit:
@@ -159,7 +163,7 @@ def _prune_cache(root: str, keep: str) -> None:
         return
     entries.sort(key=lambda e: e.stat().st_mtime, reverse=True)
     for old in entries[CACHE_KEEP:]:
-        shutil.rmtree(old.path, ignore_errors=True)
+        _remove_tree(old.path)
 
 
 class DigestMemo:
@@ -228,10 +232,12 @@ def open_database(paths: list[str] | None = None, *, pua: bool = False, use_cach
             db.load_seconds = time.perf_counter() - started
             return db
         except (OSError, ValueError, KeyError, EOFError, TypeError):
-            shutil.rmtree(final, ignore_errors=True)  # a damaged cache entry is rebuilt
+            _remove_tree(final)  # a damaged cache entry is rebuilt
     sigset = parse_sources(discovery)
     db = Database.compile(sigset, key)
     if use_cache:
+        from bastion.database.atomic import publish_directory
+
         try:
             with publish_directory(final) as tmp:
                 db.save(tmp)

@@ -27,7 +27,7 @@ import stat
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import hyperscan
 
@@ -36,9 +36,11 @@ from bastion.database.compiled import Database
 from bastion.engine.filetype import NORMALIZED_TARGET, TEXT_PROBE, detect_type, target_matches
 from bastion.engine.normalize import TextNormalizer, normalize_text
 from bastion.engine.verdict import Detection, Evidence, ScanResult
-from bastion.formats.executable import ExecutableInfo, parse_executable
 from bastion.signatures.model import HashKind, HashPurpose
 from bastion.signatures.offsets import EXECUTABLE_ANCHORS, Anchor
+
+if TYPE_CHECKING:
+    from bastion.formats.executable import ExecutableInfo
 
 MiB = 1024 * 1024
 # Files up to this size are read in one go and kept for confirming hits; larger ones are streamed.
@@ -124,17 +126,14 @@ class _Streams:
         bodies = engine.db.bodies
         self.raw_hits, self.norm_generic_hits, self.norm_hits = _Hits(), _Hits(), _Hits()
         self._open: list[tuple[object, hyperscan.Scratch, _Hits]] = []
-        raw_scratch = engine._scratch("raw") if bodies.raw is not None else None
+        # a scratch is busy only during one scan call, so one per thread and database serves every stream
+        self.raw = self.norm_generic = self.norm = None
         if bodies.raw is not None:
-            self.raw = self._start(bodies.raw, raw_scratch, self.raw_hits)
-        else:
-            self.raw = None
-        self.norm_generic = self.norm = None
-        if normalized:
-            if bodies.raw is not None:
-                self.norm_generic = self._start(bodies.raw, engine._scratch("raw2"), self.norm_generic_hits)
-            if bodies.normalized is not None:
-                self.norm = self._start(bodies.normalized, engine._scratch("normalized"), self.norm_hits)
+            self.raw = self._start(bodies.raw, engine._scratch("raw"), self.raw_hits)
+            if normalized:
+                self.norm_generic = self._start(bodies.raw, engine._scratch("raw"), self.norm_generic_hits)
+        if normalized and bodies.normalized is not None:
+            self.norm = self._start(bodies.normalized, engine._scratch("normalized"), self.norm_hits)
 
     def _start(self, db: hyperscan.Database, scratch: hyperscan.Scratch, hits: _Hits) -> tuple:
         stream = db.stream(match_event_handler=hits)
@@ -363,6 +362,8 @@ class Engine:
 
             def exe() -> ExecutableInfo | None:
                 if not exe_cache:
+                    from bastion.formats.executable import parse_executable  # only for EP/section offsets
+
                     exe_cache.append(parse_executable(data) if ftype in _EXECUTABLE_TYPES else None)
                 return exe_cache[0]
 

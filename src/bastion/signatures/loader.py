@@ -12,14 +12,9 @@ import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 
 from bastion.signatures.errors import SignatureError
-from bastion.signatures.hashdb import parse_hash_db
-from bastion.signatures.ignore import parse_ignore
 from bastion.signatures.model import HashPurpose, SignatureSet
-from bastion.signatures.ndb import parse_ndb
 
 # extension -> (parser role, needs --detect-pua)
 SUPPORTED: dict[str, tuple[str, bool]] = {
@@ -85,9 +80,9 @@ def _classify(path: str, pua: bool, explicit: bool) -> tuple[str | None, str]:
     return None, "unknown database format"
 
 
-def builtin_database_dir() -> Path:
+def builtin_database_dir() -> str:
     """The default database shipped inside the package (EICAR and Bastion's test signatures)."""
-    return Path(str(resources.files("bastion.signatures") / "builtin"))
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "builtin")
 
 
 def default_database_paths() -> tuple[list[str], bool]:
@@ -99,7 +94,7 @@ def default_database_paths() -> tuple[list[str], bool]:
     installed = os.environ.get(DEFAULT_DB_DIR_ENV, DEFAULT_DB_DIR)
     if os.path.isdir(installed) and any(not n.startswith(".") for n in os.listdir(installed)):
         return [installed], False
-    return [str(builtin_database_dir())], True
+    return [builtin_database_dir()], True
 
 
 Digester = Callable[[str], str]
@@ -157,6 +152,11 @@ def _digest_or_error(path: str, digest: Digester) -> str:
 
 def parse_sources(discovery: Discovery) -> SignatureSet:
     """Parse every candidate into one model.  Raises :class:`SignatureError` on the first bad line."""
+    # the parsers are imported here: a start that finds its database in the cache never needs them
+    from bastion.signatures.hashdb import parse_hash_db
+    from bastion.signatures.ignore import parse_ignore
+    from bastion.signatures.ndb import parse_ndb
+
     sigset = SignatureSet()
     sigset.report.skipped_files.extend(discovery.skipped)
     for cand in discovery.candidates:
