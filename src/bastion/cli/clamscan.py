@@ -151,7 +151,7 @@ def _summary(db_count: int, tally: Tally, started: float, start_wall: float) -> 
     elapsed = time.time() - start_wall
     mb_scanned = tally.bytes_scanned / (1024 * 1024)
     mb_read = tally.bytes_read / (1024 * 1024)
-    ratio = (mb_scanned / mb_read) if mb_read else 0.0
+    ratio = (mb_scanned / mb_read) if round(mb_read, 2) else 0.0  # clamscan prints 0.00:1 below 0.01 MB
     lines = [
         "",
         "----------- SCAN SUMMARY -----------",
