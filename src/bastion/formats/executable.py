@@ -1,229 +1,375 @@
 """Executable headers the engine needs: entry point and sections of PE, ELF and Mach-O files.
 
-Body-signature offsets ``EP+n``, ``Sx+n``, ``SL+n`` and ``SEx`` are resolved against what this
-module returns.  Offsets are file offsets, converted from virtual addresses the way ClamAV does
-(``cli_rawaddr``): the section (PE, Mach-O) or PT_LOAD segment (ELF) that holds the address maps it
-to the file.  Parsing is bounded: every read is checked against the data, the number of sections is
-capped, and hostile or truncated headers give ``None`` (not an executable we can use) or a result
-with ``entry_point=None``, never an exception.
+Body-signature offsets ``EP+n``, ``EP-n``, ``Sx+n``, ``SL+n`` and ``SEx`` are resolved against what
+:func:`parse_executable` returns.  Every offset is a *file* offset computed the way ClamAV 1.4 computes
+it (``cli_peheader``, ``cli_elfheader`` and ``cli_machoheader``, checked against clamscan 1.4.6), quirks
+included, because signatures are written against ClamAV:
+
+PE
+    Raw offsets are aligned down and raw sizes up to FileAlignment (falling back to 0x200 when a
+    section's PointerToRawData is 0x200-aligned but not FileAlignment-aligned), virtual addresses are
+    aligned to SectionAlignment, and raw sizes are clipped to the file (a section starting beyond the
+    end gets size 0).  The entry point RVA is used as is when it lies in the headers (below
+    SizeOfHeaders rounded up to SectionAlignment) and inside the file; otherwise the *last* section
+    whose raw data holds it maps it.  There is no cap on the number of sections (clamscan resolves
+    ``S99`` in a 100-section file): the table must lie inside the data, which bounds the work.
+ELF
+    Sections are all section headers in index order, the NULL section and ``SHT_NOBITS`` ones included,
+    with ``sh_size`` as their raw size (clamscan matches ``SEx`` inside ``.bss``'s ``sh_size``).  The
+    entry point maps through the first program header of *any* type whose ``[p_vaddr, p_vaddr +
+    p_memsz)`` holds it; an ``e_entry`` of 0 or a file without program headers gives entry point 0.
+    More than 128 program headers or 256 section headers, or an entry size other than the standard
+    one, make ClamAV reject the file.
+Mach-O
+    Sections of the ``LC_SEGMENT``/``LC_SEGMENT_64`` commands matching the file's word size, raw size
+    = size rounded up to the section alignment.  ClamAV takes an entry point only from the PowerPC
+    ``LC_THREAD``/``LC_UNIXTHREAD`` state: for every other CPU (x86, x86-64, ARM, ARM64) and for
+    ``LC_MAIN`` the entry point is file offset **0** (clamscan matches ``EP+0`` there).  A PowerPC
+    entry address maps through the first section holding it, or stays the address itself when the file
+    has no sections.  Universal (fat) binaries return None: ClamAV resolves no executable offset on the
+    container, only on the member objects, which unpacking hands over one by one.
+
+ClamAV keeps offsets and sizes in 32-bit fields; values from 64-bit headers are truncated the same way.
+
+Results, for any input (parsing never raises on hostile or truncated data, reads only through bounds
+checks, allocates nothing according to declared counts, and ends after a number of steps bounded by
+the size of the data):
+
+* ``None``: not a PE, ELF or thin Mach-O file, or headers that ClamAV rejects (truncated headers
+  included; there is no partial result, since ClamAV resolves no offset for such a file).
+* ``ExecutableInfo(kind, None, ())``: the headers parse but the entry point maps to no file offset.
+  ClamAV rejects the whole header then, so no section is reported either and no offset resolves.
+* Otherwise the entry point and all sections.
 """
 
 from __future__ import annotations
 
+import functools
 import mmap
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
-# ClamAV refuses PE files with more than 96 sections; other formats are capped for bounded work.
-MAX_PE_SECTIONS = 96
-MAX_SECTIONS = 4096
-MAX_LOAD_COMMANDS = 4096
+__all__ = ["ExecutableInfo", "Section", "parse_executable"]
+
+_M32 = 0xFFFF_FFFF
+_M64 = 0xFFFF_FFFF_FFFF_FFFF
+
+# ELF limits above which ClamAV's cli_elfheader gives up on the file
+ELF_MAX_PROGRAM_HEADERS = 128
+ELF_MAX_SECTIONS = 256
+# Mach-O limits above which ClamAV's cli_scanmacho gives up on the file
+MACHO_MAX_LOAD_COMMANDS = 1024
+MACHO_MAX_SECTIONS_PER_SEGMENT = 255
 
 
 @dataclass(frozen=True, slots=True)
 class Section:
+    """One section as ClamAV sees it; offsets and sizes after ClamAV's alignment and clipping."""
+
     raw_offset: int       # file offset of the section's raw data
-    raw_size: int         # size of its raw data in the file
-    virtual_address: int  # RVA (PE) / address (ELF, Mach-O)
-    virtual_size: int
+    raw_size: int         # size of its raw data in the file (PE: clipped to the file; ELF: sh_size)
+    virtual_address: int  # RVA (PE, aligned to SectionAlignment) / sh_addr (ELF) / addr (Mach-O)
+    virtual_size: int     # virtual size (PE: aligned); ELF: sh_size; Mach-O: size
 
 
 @dataclass(frozen=True, slots=True)
 class ExecutableInfo:
+    """What body-signature offsets need from an executable: its entry point and its sections."""
+
     kind: str                 # "pe", "elf" or "macho"
-    entry_point: int | None   # file offset of the entry point, None if it maps nowhere in the file
+    entry_point: int | None   # FILE offset of the entry point (ClamAV semantics, see the module
+    #                           docstring); None when it maps nowhere, and then ``sections`` is empty
     sections: tuple[Section, ...]
 
 
-Buffer = bytes | bytearray | memoryview | mmap.mmap
+class _Reject(Exception):
+    """ClamAV would not accept these headers (also raised for every read past the end of the data)."""
+
+
+class _Unmapped(Exception):
+    """The headers parse, but the entry point maps to no file offset."""
+
+
+@functools.cache
+def _struct(fmt: str) -> struct.Struct:
+    return struct.Struct(fmt)
 
 
 class _Reader:
-    """Bounds-checked little/big-endian reads; any out-of-range read raises ``_Truncated``."""
+    """Bounds-checked reads of fixed layouts from a flat byte buffer in one byte order."""
 
-    __slots__ = ("data", "size", "end")
+    __slots__ = ("buf", "size", "order")
 
-    def __init__(self, data: Buffer, end: str = "<") -> None:
-        self.data = data
-        self.size = len(data)
-        self.end = end
+    def __init__(self, buf: memoryview, order: str) -> None:
+        self.buf = buf
+        self.size = len(buf)
+        self.order = order
 
-    def unpack(self, fmt: str, offset: int) -> tuple[int, ...]:
-        fmt = self.end + fmt
-        if offset < 0 or offset + struct.calcsize(fmt) > self.size:
-            raise _Truncated
-        return struct.unpack_from(fmt, self.data, offset)
+    def read(self, fmt: str, offset: int) -> tuple[int, ...]:
+        st = _struct(self.order + fmt)
+        if offset < 0 or offset + st.size > self.size:
+            raise _Reject
+        return st.unpack_from(self.buf, offset)
 
-    def u16(self, offset: int) -> int:
-        return self.unpack("H", offset)[0]
-
-    def u32(self, offset: int) -> int:
-        return self.unpack("I", offset)[0]
-
-
-class _Truncated(Exception):
-    pass
+    def need(self, offset: int, length: int) -> None:
+        """Reject unless ``length`` bytes at ``offset`` lie inside the data."""
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise _Reject
 
 
-def parse_executable(data: Buffer) -> ExecutableInfo | None:
-    """Entry point and sections of a PE, ELF or thin Mach-O file; None for anything else.
+def parse_executable(data: bytes | bytearray | memoryview | mmap.mmap) -> ExecutableInfo | None:
+    """Entry point and sections of a PE, ELF or thin Mach-O file, as ClamAV computes them.
 
-    Mach-O universal (fat) binaries return None: their members are separate objects, which the
-    unpackers will hand to the engine one by one.
+    Returns None for anything that is not a PE/ELF/Mach-O file ClamAV would accept (universal Mach-O
+    binaries included), and ``ExecutableInfo(kind, None, ())`` when the headers parse but the entry
+    point maps to no file offset.  Never raises on hostile or truncated input; see the module docstring
+    for the exact semantics.
     """
-    head = bytes(data[:4])
+    with memoryview(data) as view:
+        if view.ndim == 1 and view.format == "B" and view.c_contiguous:
+            return _dispatch(view)
+        if not view.c_contiguous:  # an unusual view: read a flat copy
+            with memoryview(view.tobytes()) as flat:
+                return _dispatch(flat)
+        with view.cast("B") as flat:
+            return _dispatch(flat)
+
+
+def _dispatch(buf: memoryview) -> ExecutableInfo | None:
+    head = bytes(buf[:4])
+    parser: Callable[[memoryview], ExecutableInfo]
+    if head[:2] == b"MZ":
+        kind, parser = "pe", _parse_pe
+    elif head == b"\x7fELF":
+        kind, parser = "elf", _parse_elf
+    elif head in _MACHO_MAGICS:
+        kind, parser = "macho", _parse_macho
+    else:
+        return None
     try:
-        if head[:2] == b"MZ":
-            return _parse_pe(data)
-        if head == b"\x7fELF":
-            return _parse_elf(data)
-        if head in (b"\xfe\xed\xfa\xce", b"\xce\xfa\xed\xfe", b"\xfe\xed\xfa\xcf", b"\xcf\xfa\xed\xfe"):
-            return _parse_macho(data)
-    except (_Truncated, struct.error, ValueError, OverflowError):
+        return parser(buf)
+    except _Unmapped:
+        return ExecutableInfo(kind, None, ())
+    except (_Reject, struct.error, OverflowError, ValueError):
         return None
-    return None
 
 
+# ------------------------------------------------------------------------------------------------- PE
 def _align_down(value: int, alignment: int) -> int:
-    return (value // alignment) * alignment if alignment else value
+    """ClamAV's PEALIGN: round down to a multiple of ``alignment`` (0: unchanged)."""
+    return value // alignment * alignment if alignment else value
 
 
-def _align_up(value: int, alignment: int) -> int:
-    return -(-value // alignment) * alignment if alignment else value
+def _align_up32(value: int, alignment: int) -> int:
+    """ClamAV's PESALIGN in 32-bit arithmetic: round up to a multiple of ``alignment`` (0: unchanged)."""
+    if not alignment:
+        return value
+    return (value // alignment + (value % alignment != 0)) * alignment & _M32
 
 
-def _map_address(address: int, sections: tuple[Section, ...], size: int) -> int | None:
-    for sec in sections:
-        if sec.raw_size and sec.virtual_address <= address < sec.virtual_address + sec.raw_size:
-            raw = sec.raw_offset + (address - sec.virtual_address)
-            return raw if raw < size else None
-    return None
+def _contained(total: int, start: int, length: int) -> bool:
+    """ClamAV's CLI_ISCONTAINED_0_TO: ``[start, start + length)`` is a non-empty part of ``[0, total)``."""
+    return total > 0 and length > 0 and length <= total and start + length <= total and start < total
 
 
-def _parse_pe(data: Buffer) -> ExecutableInfo | None:
-    r = _Reader(data)
-    pe_offset = r.u32(0x3C)
-    if r.unpack("4s", pe_offset)[0] != b"PE\0\0":
-        return None
-    _machine, nsections, _ts, _sym, _nsym, opt_size, _chars = r.unpack("HHIIIHH", pe_offset + 4)
-    opt = pe_offset + 24
-    magic = r.u16(opt)
-    if magic not in (0x10B, 0x20B):
-        return None
-    entry_rva = r.u32(opt + 16)
-    section_alignment = r.u32(opt + 32)
-    file_alignment = r.u32(opt + 36)
-    headers_size = r.u32(opt + 60)
-    if nsections == 0 or nsections > MAX_PE_SECTIONS:
-        return None
-    # ClamAV aligns raw offsets and sizes to the file alignment when it is a sane power of two
-    falign = file_alignment if file_alignment >= 0x200 and not file_alignment & (file_alignment - 1) else 0
-    salign = section_alignment if section_alignment and not section_alignment & (section_alignment - 1) else 0
+# Offsets inside the optional header (the same in PE32 and PE32+ for the fields used here)
+_OPT_ENTRY, _OPT_SALIGN, _OPT_HEADERS = 16, 32, 60
+_OPT32_SIZE, _OPT64_SIZE = 96, 112          # without the data directories
+_OPT32_NDIRS, _OPT64_NDIRS = 92, 108
+_PE_SECTION_HEADER = 40
+
+
+def _parse_pe(buf: memoryview) -> ExecutableInfo:
+    r = _Reader(buf, "<")
+    size = r.size
+    (e_lfanew,) = r.read("I", 0x3C)
+    if not e_lfanew:
+        raise _Reject
+    signature, _machine, nsections, _ts, _symtab, _nsyms, opt_size, _chars = r.read("4sHHIIIHH", e_lfanew)
+    if signature != b"PE\0\0" or nsections == 0 or opt_size < _OPT32_SIZE:
+        raise _Reject
+    opt = e_lfanew + 24
+    r.need(opt, _OPT32_SIZE)
+    (magic,) = r.read("H", opt)
+    if magic == 0x20B:  # PE32+; ClamAV reads any other magic as PE32
+        if opt_size < _OPT64_SIZE:
+            raise _Reject
+        r.need(opt, _OPT64_SIZE)
+        stored, (ndirs,) = _OPT64_SIZE, r.read("I", opt + _OPT64_NDIRS)
+    else:
+        stored, (ndirs,) = _OPT32_SIZE, r.read("I", opt + _OPT32_NDIRS)
+    (entry_rva,) = r.read("I", opt + _OPT_ENTRY)
+    salign, falign = r.read("II", opt + _OPT_SALIGN)
+    (headers_size,) = r.read("I", opt + _OPT_HEADERS)
+    dirs_size = 8 * min(ndirs, 16)
+    if opt_size < stored + dirs_size:
+        raise _Reject
+    r.need(opt + stored, dirs_size)
     table = opt + opt_size
+    r.need(table, nsections * _PE_SECTION_HEADER)  # the whole table, so the loops below are bounded
+    headers = [r.read("IIII", table + i * _PE_SECTION_HEADER + 8) for i in range(nsections)]
+    headers_end = _align_up32(headers_size, salign)
+
+    if falign and falign != 0x200:  # "file alignment fallback mode"
+        for _vsize, _va, raw_size, raw_ptr in headers:
+            if raw_size and raw_ptr % falign and not raw_ptr % 0x200:
+                falign = 0x200
+                break
+
     sections: list[Section] = []
-    for i in range(nsections):
-        vsize, vaddr, raw_size, raw_ptr = r.unpack("IIII", table + i * 40 + 8)
+    for vsize, va, raw_size, raw_ptr in headers:
+        rva = _align_down(va, salign)
+        vsz = _align_up32(vsize, salign)
         raw = _align_down(raw_ptr, falign)
-        rsz = _align_up(raw_size, falign) if raw_size else 0
-        if raw >= r.size:
-            rsz = 0
-        elif raw + rsz > r.size:
-            rsz = r.size - raw
-        sections.append(Section(raw, rsz, _align_down(vaddr, salign), vsize))
-    secs = tuple(sections)
-    if entry_rva < headers_size or not secs:
-        entry: int | None = entry_rva if entry_rva < r.size else None
-    else:
-        entry = _map_address(entry_rva, secs, r.size)
-    return ExecutableInfo("pe", entry, secs)
-
-
-def _parse_elf(data: Buffer) -> ExecutableInfo | None:
-    r0 = _Reader(data)
-    ei_class, ei_data = r0.unpack("BB", 4)
-    if ei_class not in (1, 2) or ei_data not in (1, 2):
-        return None
-    r = _Reader(data, "<" if ei_data == 1 else ">")
-    if ei_class == 1:
-        entry, phoff, shoff = r.unpack("III", 24)
-        phentsize, phnum, shentsize, shnum = r.unpack("HHHH", 42)
-        ph_fmt, ph_min = "IIIIII", 24      # type offset vaddr paddr filesz memsz
-        sh_fmt, sh_min = "IIIIII", 24      # name type flags addr offset size
-    else:
-        entry, phoff, shoff = r.unpack("QQQ", 24)
-        phentsize, phnum, shentsize, shnum = r.unpack("HHHH", 54)
-        ph_fmt, ph_min = "IIQQQQQ", 48     # type flags offset vaddr paddr filesz memsz
-        sh_fmt, sh_min = "IIQQQQ", 40      # name type flags addr offset size
-    segments: list[tuple[int, int, int]] = []  # (vaddr, offset, filesz)
-    if phoff and phentsize >= ph_min:
-        for i in range(min(phnum, MAX_SECTIONS)):
-            try:
-                fields = r.unpack(ph_fmt, phoff + i * phentsize)
-            except _Truncated:
-                break
-            if ei_class == 1:
-                p_type, p_offset, p_vaddr, _p, p_filesz, _m = fields
+        rsz = _align_up32(raw_size, falign)
+        usize = raw_size
+        if rsz:
+            if raw >= size or raw_ptr >= size:  # starts beyond the end of the file
+                rsz = usize = 0
             else:
-                p_type, _f, p_offset, p_vaddr, _p, p_filesz, _m = fields
-            if p_type == 1:  # PT_LOAD
-                segments.append((p_vaddr, p_offset, p_filesz))
-    sections: list[Section] = []
-    if shoff and shentsize >= sh_min:
-        for i in range(min(shnum, MAX_SECTIONS)):
-            try:
-                _name, _type, _flags, addr, offset, size = r.unpack(sh_fmt, shoff + i * shentsize)
-            except _Truncated:
+                if not _contained(size, raw, rsz):
+                    rsz = size - raw
+                if not _contained(size, raw_ptr, usize):
+                    usize = size - raw_ptr
+        if not vsz and rsz:
+            vsz = _align_up32(usize, salign)
+        if va >> 31 or vsize >> 31 or (rsz and raw_ptr >> 31) or usize >> 31:
+            raise _Reject  # "PE values with sign bit set"
+        sections.append(Section(raw, rsz, rva, vsz))
+
+    if entry_rva < headers_end:  # entry point in the headers: the RVA is the file offset
+        if entry_rva >= size:
+            raise _Unmapped
+        entry = entry_rva
+    else:
+        for sec in reversed(sections):  # ClamAV searches from the last section
+            if sec.raw_size and sec.virtual_address <= entry_rva < sec.virtual_address + sec.raw_size:
+                entry = entry_rva - sec.virtual_address + sec.raw_offset
                 break
-            sections.append(Section(offset, size, addr, size))
-    entry_offset: int | None = None
-    for vaddr, offset, filesz in segments:
-        if vaddr <= entry < vaddr + filesz:
-            raw = entry - vaddr + offset
-            entry_offset = raw if raw < r.size else None
-            break
+        else:
+            raise _Unmapped
+    return ExecutableInfo("pe", entry, tuple(sections))
+
+
+# ------------------------------------------------------------------------------------------------ ELF
+def _parse_elf(buf: memoryview) -> ExecutableInfo:
+    r0 = _Reader(buf, "<")
+    r0.need(0, 52)  # ClamAV first reads a whole ELF32 header, whatever the class
+    ei_class, ei_data = r0.read("BB", 4)
+    if ei_class not in (1, 2):
+        raise _Reject
+    r = _Reader(buf, "<" if ei_data == 1 else ">")  # ClamAV: anything but 1 is big-endian
+    if ei_class == 1:
+        word, mask, ph_size, sh_size = "I", _M32, 32, 40
+        entry, phoff, shoff = r.read("III", 24)
+        phentsize, phnum, shentsize, shnum = r.read("HHHH", 42)
+    else:
+        word, mask, ph_size, sh_size = "Q", _M64, 56, 64
+        entry, phoff, shoff = r.read("QQQ", 24)
+        phentsize, phnum, shentsize, shnum = r.read("HHHH", 54)
+        r.need(0, 64)
+
+    if phnum > ELF_MAX_PROGRAM_HEADERS:
+        raise _Reject
+    entry_offset = 0  # ClamAV's value when there is no entry address or no program header
+    if phnum and entry:
+        if phentsize != ph_size:
+            raise _Reject
+        segments: list[tuple[int, int, int]] = []  # (p_vaddr, p_memsz, p_offset)
+        for i in range(phnum):
+            at = (phoff + i * ph_size) & mask
+            r.need(at, ph_size)
+            if ei_class == 1:
+                _type, p_offset, p_vaddr, _paddr, _filesz, p_memsz = r.read("IIIIII", at)
+            else:
+                _type, _flags, p_offset, p_vaddr, _paddr, _filesz, p_memsz = r.read("IIQQQQQ", at)
+            segments.append((p_vaddr, p_memsz, p_offset))
+        for p_vaddr, p_memsz, p_offset in segments:  # the first segment of any type holding the entry
+            if p_vaddr <= entry < (p_vaddr + p_memsz) & mask:
+                entry_offset = (entry - p_vaddr + p_offset) & mask & _M32
+                break
+        else:
+            raise _Unmapped
+
+    if shnum > ELF_MAX_SECTIONS or shentsize != sh_size:
+        raise _Reject
+    fmt = "II" + word * 4  # sh_name sh_type sh_flags sh_addr sh_offset sh_size
+    sections: list[Section] = []
+    for i in range(shnum):
+        at = (shoff + i * sh_size) & mask
+        r.need(at, sh_size)
+        _name, _type, _flags, addr, offset, length = r.read(fmt, at)
+        sections.append(Section(offset & _M32, length & _M32, addr & _M32, length & _M32))
     return ExecutableInfo("elf", entry_offset, tuple(sections))
 
 
-_LC_SEGMENT, _LC_SEGMENT_64, _LC_UNIXTHREAD, _LC_MAIN = 0x1, 0x19, 0x5, 0x80000028
-# Where the program counter sits in LC_UNIXTHREAD state, by CPU type: (word size, index).
-_THREAD_PC = {7: (4, 10), 0x01000007: (8, 16), 12: (4, 15), 0x0100000C: (8, 32), 18: (4, 0), 0x01000012: (8, 0)}
+# --------------------------------------------------------------------------------------------- Mach-O
+# magic bytes -> (byte order, 64-bit)
+_MACHO_MAGICS = {
+    b"\xce\xfa\xed\xfe": ("<", False),
+    b"\xcf\xfa\xed\xfe": ("<", True),
+    b"\xfe\xed\xfa\xce": (">", False),
+    b"\xfe\xed\xfa\xcf": (">", True),
+}
+_LC_SEGMENT, _LC_SEGMENT_64, _LC_THREAD, _LC_UNIXTHREAD = 0x1, 0x19, 0x4, 0x5
+# Thread states ClamAV reads, by CPU type: (size of ClamAV's C struct on LP64 hosts, format of the
+# program counter at its start or None).  x86 is read but its eip never used; other CPUs are skipped.
+_THREAD_STATES: dict[int, tuple[int, str | None]] = {
+    7: (64, None),             # i386: 16 32-bit registers
+    18: (160, "I"),            # PowerPC: srr0 first of 40 32-bit words
+    0x01000012: (312, "Q"),    # PowerPC 64: srr0 first; the C struct is padded to 312 bytes
+}
 
 
-def _parse_macho(data: Buffer) -> ExecutableInfo | None:
-    magic = bytes(data[:4])
-    is64 = magic in (b"\xfe\xed\xfa\xcf", b"\xcf\xfa\xed\xfe")
-    r = _Reader(data, ">" if magic[0] == 0xFE else "<")
-    cputype, _sub, _ftype, ncmds, _sizeofcmds, _flags = r.unpack("IIIIII", 4)
-    cmd_offset = 32 if is64 else 28
+def _parse_macho(buf: memoryview) -> ExecutableInfo:
+    order, is64 = _MACHO_MAGICS[bytes(buf[:4])]
+    r = _Reader(buf, order)
+    cputype, _subtype, _filetype, ncmds, _sizeofcmds, _flags = r.read("IIIIII", 4)
+    if not ncmds or ncmds > MACHO_MAX_LOAD_COMMANDS:
+        raise _Reject
+    thread = _THREAD_STATES.get(cputype)
+    seg_cmd, seg_size, sect_size = (_LC_SEGMENT_64, 64, 80) if is64 else (_LC_SEGMENT, 48, 68)
+    at = 32 if is64 else 28
     sections: list[Section] = []
-    entry_off: int | None = None
-    pc: int | None = None
-    for _ in range(min(ncmds, MAX_LOAD_COMMANDS)):
-        cmd, cmdsize = r.unpack("II", cmd_offset)
-        if cmdsize < 8:
-            break
-        if cmd in (_LC_SEGMENT, _LC_SEGMENT_64):
-            seg64 = cmd == _LC_SEGMENT_64
-            nsects = r.u32(cmd_offset + (64 if seg64 else 48))
-            sect = cmd_offset + (72 if seg64 else 56)
-            for _i in range(min(nsects, MAX_SECTIONS - len(sections))):
-                if seg64:
-                    addr, size, offset = r.unpack("QQI", sect + 32)
-                    sect += 80
-                else:
-                    addr, size, offset = r.unpack("III", sect + 32)
-                    sect += 68
-                sections.append(Section(offset, size, addr, size))
-        elif cmd == _LC_MAIN:
-            entry_off = r.unpack("Q", cmd_offset + 8)[0]
-        elif cmd == _LC_UNIXTHREAD and cputype in _THREAD_PC:
-            word, index = _THREAD_PC[cputype]
-            pc = r.unpack("Q" if word == 8 else "I", cmd_offset + 16 + index * word)[0]
-        cmd_offset += cmdsize
-    secs = tuple(sections)
-    entry: int | None = None
-    if entry_off is not None:
-        entry = entry_off if entry_off < r.size else None
-    elif pc is not None:
-        entry = _map_address(pc, secs, r.size)
-    return ExecutableInfo("macho", entry, secs)
+    address = 0
+    for _ in range(ncmds):  # ``at`` only moves forward: every iteration reads at least 8 new bytes
+        cmd, cmdsize = r.read("II", at)
+        at += 8
+        if cmd == seg_cmd:
+            # ClamAV walks segment commands by their structure sizes, not by cmdsize
+            r.need(at, seg_size)
+            (nsects,) = r.read("I", at + seg_size - 8)
+            at += seg_size
+            if nsects > MACHO_MAX_SECTIONS_PER_SEGMENT:
+                raise _Reject
+            for _j in range(nsects):
+                r.need(at, sect_size)
+                addr, length, offset, align = r.read("QQII" if is64 else "IIII", at + 32)
+                at += sect_size
+                if align >= 32:
+                    raise _Reject
+                alignment = 1 << align
+                rsz = (length + alignment - 1) // alignment * alignment  # size rounded up to the alignment
+                if rsz > _M32:  # ClamAV 1.4.6 rejects sizes that do not fit its 32-bit fields
+                    raise _Reject
+                sections.append(Section(offset, rsz, addr & _M32, length))
+        elif thread is not None and cmd in (_LC_THREAD, _LC_UNIXTHREAD):
+            at += 8  # flavor, count
+            state_size, pc_fmt = thread
+            r.need(at, state_size)
+            if pc_fmt is not None:
+                address = r.read(pc_fmt, at)[0] & _M32
+            at += state_size
+        elif cmdsize > 8:
+            at += cmdsize - 8
+
+    entry = address
+    if address and sections:
+        for sec in sections:  # the first section whose virtual range holds the address
+            if sec.virtual_address <= address < (sec.virtual_address + sec.virtual_size) & _M32:
+                entry = (address - sec.virtual_address + sec.raw_offset) & _M32
+                break
+        else:
+            raise _Unmapped
+    return ExecutableInfo("macho", entry, tuple(sections))
