@@ -52,6 +52,8 @@ class BodyEntry:
     line: int
     mode: str
     max_length: int  # -1: unbounded
+    lsig: int = -1     # >= 0: a content subsignature of logical signature ``lsig`` (it only nominates)
+    subsig: int = -1
 
     @property
     def offset(self) -> Offset:
@@ -72,7 +74,11 @@ def _compile_group(bodies: list[BodySignature], members: list[int]) -> tuple[byt
     if not members:
         return None, {}
     from bastion.signatures.hexpattern import literal_regex  # compile time only
-    exprs = {i: bodies[i].prefilter for i in members}
+    # caseless subsignatures (.ldb ``::i``) get Hyperscan's inline caseless flag in every mode
+    def caseless(i: int, expr: bytes) -> bytes:
+        return b"(?i)" + expr if bodies[i].caseless else expr
+
+    exprs = {i: caseless(i, bodies[i].prefilter) for i in members}
     flags = dict.fromkeys(members, _BASE_FLAGS)
     modes = dict.fromkeys(members, "exact")
     for i in members:
@@ -93,7 +99,7 @@ def _compile_group(bodies: list[BodySignature], members: list[int]) -> tuple[byt
             flags[i] = _BASE_FLAGS | hyperscan.HS_FLAG_PREFILTER
             modes[i] = "prefilter"
             if _try_compile([exprs[i]], [i], [flags[i]]) is None:
-                exprs[i] = literal_regex(bodies[i].longest_literal)
+                exprs[i] = caseless(i, literal_regex(bodies[i].longest_literal))
                 flags[i] = _BASE_FLAGS
                 modes[i] = "literal"
         db = _try_compile([exprs[i] for i in members], members, [flags[i] for i in members])
@@ -132,6 +138,7 @@ class BodyMatcher:
         self._decoded: dict[int, BodyEntry] = {}
 
     def __len__(self) -> int:
+        """Entries, including the content subsignatures of logical signatures."""
         return max(0, len(self.index) - 1)
 
     def entry(self, sid: int) -> BodyEntry:
@@ -161,7 +168,7 @@ class BodyMatcher:
         for i, b in enumerate(bodies):
             rec = marshal.dumps((b.name, b.target, b.offset.anchor.value, b.offset.value, b.offset.section,
                                  b.offset.maxshift, b.regex, b.pattern, b.source_index, b.line, modes[i],
-                                 -1 if b.max_length is None else b.max_length))
+                                 -1 if b.max_length is None else b.max_length, b.lsig, b.subsig))
             chunks.append(rec)
             total += len(rec)
             index.append(total)

@@ -5,7 +5,8 @@ Layout of one cached database (a directory named after its cache key)::
     manifest.json                 format version, key, sources with digests, counts, load report
     <kind>-<purpose>.*            hash tables (database/hashtable.py), memory-mapped
     raw.hs / normalized.hs        serialized Hyperscan databases (database/bodymatcher.py)
-    bodies.marshal                per body signature: name, target, offset, exact regex, source
+    bodies.index / .records       per body signature: name, target, offset, exact regex, source
+    logical.*                     logical signatures (database/logicmatcher.py)
 
 The cache key is a digest of Bastion's version, the functionality level, the options that change
 what loads (PUA) and every input file's path, role and SHA-256, so editing a signature file, adding
@@ -23,10 +24,11 @@ from dataclasses import dataclass, field
 from bastion import FUNCTIONALITY_LEVEL, __version__
 from bastion.database.bodymatcher import BodyMatcher
 from bastion.database.hashtable import HashTable
+from bastion.database.logicmatcher import LogicMatcher
 from bastion.signatures.loader import Discovery, default_database_paths, discover, file_digest, parse_sources
 from bastion.signatures.model import HashKind, HashPurpose, LoadReport, SignatureSet
 
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 CACHE_DIR_ENV = "BASTION_CACHE_DIR"
 # Compiled databases kept in the cache besides the one in use (oldest are removed).
 CACHE_KEEP = 4
@@ -50,7 +52,10 @@ class Database:
     sources: list[SourceInfo]
     hash_tables: dict[tuple[HashKind, HashPurpose], HashTable]
     bodies: BodyMatcher
+    logical: LogicMatcher
     report: LoadReport
+    # body signatures that alert on their own (the rest of ``bodies`` are .ldb content subsignatures)
+    body_signatures: int = 0
     path: str | None = None
     load_seconds: float = 0.0
     from_cache: bool = False
@@ -60,7 +65,7 @@ class Database:
     def signature_count(self) -> int:
         """Signatures that can alert (``Known viruses`` in clamscan's summary)."""
         hashes = sum(len(t) for (_, p), t in self.hash_tables.items() if p is HashPurpose.DETECT)
-        return hashes + len(self.bodies)
+        return hashes + self.body_signatures + len(self.logical)
 
     def table(self, kind: HashKind, purpose: HashPurpose) -> HashTable | None:
         return self.hash_tables.get((kind, purpose))
@@ -75,20 +80,24 @@ class Database:
             sources=[SourceInfo(s.path, s.sha256, s.official) for s in sigset.sources],
             hash_tables=tables,
             bodies=BodyMatcher.build(sigset.bodies),
+            logical=LogicMatcher.build(sigset.logical, sigset.macros),
             report=sigset.report,
+            body_signatures=sum(1 for b in sigset.bodies if b.lsig < 0),
         )
 
     def save(self, directory: str) -> None:
         for (kind, purpose), table in self.hash_tables.items():
             table.save(directory, f"{kind.value}-{purpose.value}")
         self.bodies.save(directory)
+        self.logical.save(directory)
         manifest = {
             "format": FORMAT_VERSION,
             "bastion": __version__,
             "version": self.version,
             "sources": [[s.path, s.sha256, s.official] for s in self.sources],
             "hash_tables": [[k.value, p.value, len(t)] for (k, p), t in self.hash_tables.items()],
-            "body_signatures": len(self.bodies),
+            "body_signatures": self.body_signatures,
+            "logical_signatures": len(self.logical),
             "body_modes": self.bodies.mode_counts(),
             "report": {
                 "loaded_files": self.report.loaded_files,
@@ -97,6 +106,7 @@ class Database:
                 "skipped_by_target": self.report.skipped_by_target,
                 "ignored_by_name": self.report.ignored_by_name,
                 "macro_members": self.report.macro_members,
+                "skipped_by_condition": self.report.skipped_by_condition,
             },
         }
         with open(os.path.join(directory, "manifest.json"), "w", encoding="utf-8") as fh:
@@ -120,13 +130,16 @@ class Database:
             skipped_by_target=rep["skipped_by_target"],
             ignored_by_name=rep["ignored_by_name"],
             macro_members=rep["macro_members"],
+            skipped_by_condition=rep["skipped_by_condition"],
         )
         return cls(
             version=manifest["version"],
             sources=[SourceInfo(p, d, o) for p, d, o in manifest["sources"]],
             hash_tables=tables,
             bodies=BodyMatcher.load(directory, manifest["body_modes"]),
+            logical=LogicMatcher.load(directory),
             report=report,
+            body_signatures=manifest["body_signatures"],
             path=directory,
             from_cache=True,
         )

@@ -34,6 +34,7 @@ import hyperscan
 from bastion.database.bodymatcher import BodyEntry
 from bastion.database.compiled import Database
 from bastion.engine.filetype import NORMALIZED_TARGET, TEXT_PROBE, detect_type, target_matches
+from bastion.engine.logical import LogicalEvaluator, ObjectFacts
 from bastion.engine.normalize import TextNormalizer, normalize_text
 from bastion.engine.verdict import Detection, Evidence, ScanResult
 from bastion.signatures.model import HashKind, HashPurpose
@@ -157,6 +158,44 @@ class _Streams:
         self._open.clear()
 
 
+class _Views:
+    """The object's bytes and normalized text, read or computed once and only when a check needs them,
+    and the executable facts for EP/section offsets; plus which logical signatures were nominated."""
+
+    def __init__(self, source: _Source, max_scansize: int, ftype: str) -> None:
+        self.source = source
+        self.max_scansize = max_scansize
+        self.ftype = ftype
+        self.raw_nominated: dict[int, set[int]] = {}
+        self.norm_nominated: dict[int, set[int]] = {}
+        self.has_norm = False
+        self._raw: memoryview | None = None
+        self._norm: memoryview | None = None
+        self._exe: list[ExecutableInfo | None] = []
+
+    def raw(self) -> memoryview:
+        if self._raw is None:
+            data = memoryview(self.source.whole())
+            self._raw = data[: self.max_scansize] if len(data) > self.max_scansize else data
+        return self._raw
+
+    @property
+    def norm(self) -> Callable[[], memoryview] | None:
+        return self._norm_view if self.has_norm else None
+
+    def _norm_view(self) -> memoryview:
+        if self._norm is None:
+            self._norm = memoryview(normalize_text(self.raw()))
+        return self._norm
+
+    def exe(self) -> ExecutableInfo | None:
+        if not self._exe:
+            from bastion.formats.executable import parse_executable  # only for EP/section offsets
+
+            self._exe.append(parse_executable(self.raw()) if self.ftype in _EXECUTABLE_TYPES else None)
+        return self._exe[0]
+
+
 class Engine:
     """Scans objects against one loaded :class:`Database`."""
 
@@ -165,6 +204,7 @@ class Engine:
         self.options = options or ScanOptions()
         self._local = threading.local()
         self._regex_cache: dict[int, re.Pattern[bytes]] = {}
+        self._logical = LogicalEvaluator(db.logical) if len(db.logical) else None
         tables = db.hash_tables.items()
         self._detect_tables = sorted(((k, t) for (k, p), t in tables if p is HashPurpose.DETECT and len(t)),
                                      key=lambda kt: _KIND_ORDER[kt[0]])
@@ -268,9 +308,10 @@ class Engine:
         result.size = size
         result.bytes_scanned = min(size, opts.max_scansize)
         found = result.detections
+        views: _Views | None = None
         if opened:
             source.size = size
-            self._confirm_bodies(opened[0], ftype, source, found)
+            views = self._confirm_bodies(opened[0], ftype, source, found)
         digests = {k: h.digest() for k, h in hashers.items()}
         if (opts.allmatch or not found) and ftype not in _NORMALIZED_ONLY:
             for kind, table in self._detect_tables:
@@ -285,6 +326,8 @@ class Engine:
                         break
                 if found and not opts.allmatch:
                     break
+        if self._logical is not None and views is not None and (opts.allmatch or not found):
+            self._evaluate_logical(views, ObjectFacts(size, ftype), found)
         if found:
             self._apply_allow_lists(result, digests, size)
         if opts.want_sha256:
@@ -331,47 +374,87 @@ class Engine:
                 result.detections.clear()
                 return
 
-    def _candidates(self, ids: list[int], ftype: str, norm_target: int | None) -> list[int]:
-        """Signatures Hyperscan nominated whose target type fits the object (raw or normalized view)."""
+    def _candidates(self, ids: list[int], ftype: str, norm_target: int | None,
+                    nominated: dict[int, set[int]]) -> list[int]:
+        """Signatures Hyperscan nominated whose target type fits the object (raw or normalized view).
+
+        Content subsignatures of logical signatures go to ``nominated`` (lsig -> subsig indexes).
+        """
         bodies = self.db.bodies
         keep = []
         for sid in ids:
-            target = bodies.entry(sid).target
+            entry = bodies.entry(sid)
+            target = entry.target
             if norm_target is None:
-                if target not in (3, 7) and target_matches(target, ftype):
-                    keep.append(sid)
-            elif target in (0, norm_target):
+                fits = target not in (3, 7) and target_matches(target, ftype)
+            else:
+                fits = target in (0, norm_target)
+            if not fits:
+                continue
+            if entry.lsig >= 0:
+                nominated.setdefault(entry.lsig, set()).add(entry.subsig)
+            else:
                 keep.append(sid)
         return keep
 
-    def _confirm_bodies(self, streams: _Streams, ftype: str, source: _Source, found: list[Detection]) -> None:
+    def _always(self, ftype: str, norm_target: int | None, nominated: dict[int, set[int]]) -> None:
+        """Logical signatures that can hold without any content match are evaluated on every object."""
+        for lsig in self.db.logical.always:
+            target = self.db.logical.record(lsig)[1]
+            fits = (target not in (3, 7) and target_matches(target, ftype)) if norm_target is None \
+                else target in (0, norm_target)
+            if fits:
+                nominated.setdefault(lsig, set())
+
+    def _evaluate_logical(self, views: _Views, facts: ObjectFacts, found: list[Detection]) -> None:
+        """Logical signatures on the raw bytes, then on the normalized text (each name once)."""
+        assert self._logical is not None
+        seen: set[int] = set()
+        for nominated, data, normalized in ((views.raw_nominated, views.raw, False),
+                                            (views.norm_nominated, views.norm, True)):
+            if not nominated or data is None:
+                continue
+            for lsig in sorted(nominated):
+                if lsig in seen:
+                    continue
+                match = self._logical.evaluate(lsig, data(), facts, nominated[lsig], views.exe)
+                if match is None:
+                    continue
+                seen.add(lsig)
+                record = self.db.logical.record(lsig)
+                found.append(Detection(record[0], Evidence(
+                    kind="logical", source=self.db.sources[record[6]].path, line=record[7],
+                    db_version=self.db.version, offsets=tuple(o for o in match.first_offsets if o >= 0),
+                    normalized=normalized, pattern=record[8], subsig_counts=match.counts)))
+                if not self.options.allmatch:
+                    return
+
+    def _confirm_bodies(self, streams: _Streams, ftype: str, source: _Source, found: list[Detection]) -> _Views:
         norm_target = NORMALIZED_TARGET.get(ftype)
-        raw_ids = self._candidates(streams.raw_hits.ids, ftype, None)
-        norm_ids = self._candidates(streams.norm_generic_hits.ids + streams.norm_hits.ids, ftype, norm_target) \
-            if norm_target is not None else []
+        views = _Views(source, self.options.max_scansize, ftype)
+        raw_ids = self._candidates(streams.raw_hits.ids, ftype, None, views.raw_nominated)
+        norm_ids = self._candidates(streams.norm_generic_hits.ids + streams.norm_hits.ids, ftype, norm_target,
+                                    views.norm_nominated) if norm_target is not None else []
+        if self._logical is not None:
+            if ftype not in _NORMALIZED_ONLY:
+                self._always(ftype, None, views.raw_nominated)
+            if norm_target is not None:
+                self._always(ftype, norm_target, views.norm_nominated)
+        if ftype in _NORMALIZED_ONLY:
+            views.raw_nominated.clear()
+        if norm_target is not None:
+            views.has_norm = True
         if not raw_ids and not norm_ids:
-            return
+            return views
         confirmed: list[tuple[int, int, int]] = []  # (generic?, offset, id)
         if source.kept is None:  # a streamed file: confirm what we can from small windows
             raw_ids = self._confirm_in_windows(raw_ids, streams.raw_hits.ends, source, confirmed)
         if raw_ids or norm_ids:
-            data = memoryview(source.whole())
-            if len(data) > self.options.max_scansize:
-                data = data[: self.options.max_scansize]
-            exe_cache: list[ExecutableInfo | None] = []
-
-            def exe() -> ExecutableInfo | None:
-                if not exe_cache:
-                    from bastion.formats.executable import parse_executable  # only for EP/section offsets
-
-                    exe_cache.append(parse_executable(data) if ftype in _EXECUTABLE_TYPES else None)
-                return exe_cache[0]
-
-            confirmed += self._confirm_all(raw_ids, data, exe)
+            confirmed += self._confirm_all(raw_ids, views.raw(), views.exe)
         self._report_bodies(confirmed, found, normalized=False)
         if norm_ids and (self.options.allmatch or not found):
-            self._report_bodies(self._confirm_all(norm_ids, memoryview(normalize_text(data)), exe), found,
-                                normalized=True)
+            self._report_bodies(self._confirm_all(norm_ids, views.norm(), views.exe), found, normalized=True)
+        return views
 
     def _confirm_in_windows(self, ids: list[int], ends: dict[int, int], source: _Source,
                             confirmed: list[tuple[int, int, int]]) -> list[int]:

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 class Evidence:
     """Why a signature fired.
 
-    ``kind``: ``hash.md5`` / ``hash.sha1`` / ``hash.sha256`` (whole-object hash) or ``body`` (byte
-    pattern).  ``source`` and ``line`` locate the signature's text; ``offsets`` are start offsets of
+    ``kind``: ``hash.md5`` / ``hash.sha1`` / ``hash.sha256`` (whole-object hash), ``body`` (byte
+    pattern) or ``logical`` (an ``.ldb`` signature: ``pattern`` is its whole line, ``offsets`` the first
+    match of each subsignature that matched, ``subsig_counts`` how often each subsignature matched).
+    ``source`` and ``line`` locate the signature's text; ``offsets`` are start offsets of
     the match in the scanned buffer (``normalized`` tells whether that buffer was the normalized
     text of the object rather than its bytes); ``pattern`` is the signature as written.
     """
@@ -26,6 +28,7 @@ class Evidence:
     normalized: bool = False
     pattern: str = ""
     container_path: str = ""
+    subsig_counts: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -374,3 +374,44 @@ def translate(text: str) -> Translation:
 def literal_regex(data: bytes) -> bytes:
     """A Hyperscan pattern matching exactly ``data``."""
     return "".join(_hx(b) for b in data).encode("ascii")
+
+
+def _wide_text(seq: list[_Tok]) -> str:
+    out: list[str] = []
+    for t in seq:
+        k = t.kind
+        if k == "lit":
+            out.append(f"{t.a:02x}00")
+        elif k == "any":
+            out.append("??00")
+        elif k == "nhi":
+            out.append(f"{t.a:x}?00")
+        elif k == "nlo":
+            out.append(f"?{t.a:x}00")
+        elif k in ("gap", "bgap"):
+            lo, hi = t.a, t.b
+            if k == "bgap":
+                out.append(f"[{lo}-{hi}]")
+            elif hi is None:
+                out.append(f"{{{lo}-}}")
+            elif lo == hi:
+                out.append(f"{{{lo}}}")
+            else:
+                out.append(f"{{{lo}-{hi}}}")
+        elif k == "star":
+            out.append("*")
+        elif k == "bnd":
+            out.append(f"({chr(t.a)})")
+        elif k == "alt":
+            inner = "|".join(_wide_text(a) for a in t.alts or [])
+            out.append(("!(" if t.neg else "(") + inner + ")")
+    return "".join(out)
+
+
+def widen(text: str) -> str:
+    """The hex pattern for ``::w`` (wide) subsignatures: every byte token (``??`` and nibbles too) is
+    followed by a NUL byte; gaps, ``*`` and boundaries stay as written (clamscan 1.4.6 agrees:
+    tests/test_clamscan_parity.py, ldb scenario)."""
+    parser = _Parser(text)
+    seq = parser.parse_seq(0)
+    return _wide_text(seq)

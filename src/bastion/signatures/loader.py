@@ -22,11 +22,12 @@ SUPPORTED: dict[str, tuple[str, bool]] = {
     ".hdu": ("hash", True), ".hsu": ("hash", True),
     ".fp": ("allow", False), ".sfp": ("allow", False),
     ".ndb": ("ndb", False), ".ndu": ("ndb", True),
+    ".ldb": ("ldb", False), ".ldu": ("ldb", True),
     ".ign": ("ignore", False), ".ign2": ("ignore", False),
 }
 # Formats ClamAV reads that Bastion does not read yet: reported by name at load.
 NOT_YET_SUPPORTED = frozenset({
-    ".ldb", ".ldu", ".mdb", ".msb", ".mdu", ".msu", ".imp", ".cdb", ".idb", ".cbc", ".crb", ".ftm",
+    ".mdb", ".msb", ".mdu", ".msu", ".imp", ".cdb", ".idb", ".cbc", ".crb", ".ftm",
     ".pdb", ".gdb", ".wdb", ".cfg", ".info", ".yar", ".yara", ".pwdb", ".cvd", ".cld", ".cud", ".cat",
     ".db", ".sdb", ".zmd", ".rmd", ".ioc",
 })
@@ -155,6 +156,7 @@ def parse_sources(discovery: Discovery) -> SignatureSet:
     # the parsers are imported here: a start that finds its database in the cache never needs them
     from bastion.signatures.hashdb import parse_hash_db
     from bastion.signatures.ignore import parse_ignore
+    from bastion.signatures.ldb import parse_ldb
     from bastion.signatures.ndb import parse_ndb
 
     sigset = SignatureSet()
@@ -172,6 +174,8 @@ def parse_sources(discovery: Discovery) -> SignatureSet:
             parse_hash_db(cand.path, data, sigset, index, cand.official, HashPurpose.ALLOW)
         elif cand.role == "ndb":
             parse_ndb(cand.path, data, sigset, index, cand.official)
+        elif cand.role == "ldb":
+            parse_ldb(cand.path, data, sigset, index, cand.official)
         elif cand.role == "ignore":
             parse_ignore(cand.path, data, sigset)
         sigset.report.loaded_files.append(cand.path)

@@ -93,6 +93,110 @@ class BodySignature:
     max_length: int | None
     source_index: int
     line: int
+    # set for the content subsignatures of a logical signature: they only nominate it (see ldb.py)
+    lsig: int = -1
+    subsig: int = -1
+    caseless: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MacroMember:
+    """An ``.ndb`` signature with offset ``$n$``: a member of macro group n, used by ``.ldb`` macros."""
+
+    group: int
+    name: str
+    pattern: str
+    regex: bytes
+    source_index: int
+    line: int
+
+
+# ---------------------------------------------------------------- logical signatures (.ldb)
+@dataclass(frozen=True, slots=True)
+class ContentSubsig:
+    """``[offset:]HEX[::modifiers]``.  ``regex`` is the exact pattern with every modifier applied
+    (nocase, wide, ascii+wide, fullword); it counts the matches that satisfy ``offset``."""
+
+    offset: Offset
+    pattern: str
+    modifiers: str
+    regex: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PcreSubsig:
+    """``[offset:]Trigger/regex/[flags]``: run (PCRE2) only when ``trigger`` (an expression over
+    earlier subsignatures, :mod:`bastion.signatures.logic`) holds."""
+
+    offset: Offset
+    trigger: tuple
+    trigger_text: str
+    regex: bytes
+    flags: str
+
+
+@dataclass(frozen=True, slots=True)
+class ByteCompareSubsig:
+    """``N(<<off|>>off#[h|d|a|i][l|b][e]len#OPval[,OPval])``: read ``length`` bytes at ``offset``
+    (signed) from the start of subsignature ``ref``'s first match and compare them."""
+
+    ref: int
+    offset: int
+    base: str          # h (hex text), d (decimal text), a (auto), i (raw binary)
+    little: bool
+    exact: bool
+    length: int
+    comparisons: tuple  # ((op, value), ...) with op in "<>="
+
+
+@dataclass(frozen=True, slots=True)
+class MacroSubsig:
+    """``${min-max}group$``: a member of the ``.ndb`` macro group starts ``min..max`` bytes after the
+    start of the previous subsignature's match."""
+
+    low: int
+    high: int
+    group: int
+
+
+@dataclass(frozen=True, slots=True)
+class FuzzyImageSubsig:
+    """``fuzzy_img#hash[#distance]``: image fuzzy hash (parsed; never matches, see README)."""
+
+    digest: str
+    distance: int
+
+
+Subsig = ContentSubsig | PcreSubsig | ByteCompareSubsig | MacroSubsig | FuzzyImageSubsig
+
+
+@dataclass(frozen=True, slots=True)
+class TargetConditions:
+    """The target description block besides ``Engine`` and ``Target``; ranges are inclusive
+    ``(low, high)`` or None when absent."""
+
+    file_size: tuple[int, int] | None = None
+    entry_point: tuple[int, int] | None = None
+    sections: tuple[int, int] | None = None
+    container: str | None = None
+    intermediates: tuple[str, ...] = ()
+    icon_groups: tuple[str, ...] = ()
+    handler_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LogicalSignature:
+    """One ``.ldb`` line: a logical ``expression`` over ``subsigs`` for objects of type ``target``."""
+
+    name: str
+    target: int
+    conditions: TargetConditions
+    expression: tuple
+    expression_text: str
+    subsigs: tuple[Subsig, ...]
+    source_index: int
+    line: int
+    text: str
 
 
 @dataclass(slots=True)
@@ -109,6 +213,8 @@ class LoadReport:
     skipped_by_target: int = 0
     ignored_by_name: int = 0
     macro_members: int = 0
+    # logical signatures left out because their target description names something unknown
+    skipped_by_condition: int = 0
 
 
 @dataclass(slots=True)
@@ -118,6 +224,8 @@ class SignatureSet:
     sources: list[SourceFile] = field(default_factory=list)
     hashes: dict[tuple[HashKind, HashPurpose], HashColumns] = field(default_factory=dict)
     bodies: list[BodySignature] = field(default_factory=list)
+    logical: list[LogicalSignature] = field(default_factory=list)
+    macros: list[MacroMember] = field(default_factory=list)
     # .ign/.ign2 entries: bare name -> set of md5 hex of the full DB line ('' = any line)
     ignores: dict[str, set[str]] = field(default_factory=dict)
     report: LoadReport = field(default_factory=LoadReport)
@@ -139,4 +247,4 @@ class SignatureSet:
     def signature_count(self) -> int:
         """Signatures that can raise an alert (allow-list entries are not counted, as in ClamAV)."""
         detect = sum(len(c) for (_, p), c in self.hashes.items() if p is HashPurpose.DETECT)
-        return detect + len(self.bodies)
+        return detect + sum(1 for b in self.bodies if b.lsig < 0) + len(self.logical)

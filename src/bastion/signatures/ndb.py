@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from bastion.signatures.errors import SignatureError
 from bastion.signatures.hexpattern import translate
-from bastion.signatures.model import BodySignature, SignatureSet
+from bastion.signatures.model import BodySignature, MacroMember, SignatureSet
 from bastion.signatures.offsets import EXECUTABLE_ANCHORS, EXECUTABLE_TARGETS, Anchor, parse_offset
 from bastion.signatures.textdb import (
     flevel_allows,
@@ -61,6 +61,7 @@ def parse_ndb(path: str, data: bytes, sigset: SignatureSet, source_index: int, o
         if offset.anchor is Anchor.MACRO:
             # Macro group members only serve .ldb macro subsignatures; they never alert on their own.
             report.macro_members += 1
+            sigset.macros.append(MacroMember(offset.value, name, hex_text, tr.regex, source_index, number))
             continue
         if is_ignored(sigset.ignores, name, line):
             report.ignored_by_name += 1
