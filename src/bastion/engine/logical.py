@@ -269,7 +269,7 @@ class LogicalEvaluator:
                     value = _read_number(data, ref[0] + sub[2], sub[3], sub[4], sub[5], sub[6])
                     if value is not None and _compare(value, sub[7]):
                         found = (1, [ref[0] + sub[2]])
-            elif kind == "m":
+            elif kind == "m" and index > 0:
                 found = self._count_macro(sub, starts[index - 1], data)
             counts.append(found[0])
             starts.append(found[1])

@@ -255,8 +255,7 @@ def _bcomp(m: re.Match[str], index: int) -> ByteCompareSubsig:
 def _subsig(text: str, index: int, target: int) -> tuple[Subsig, list[tuple[str, Translation]]]:
     m = _MACRO.fullmatch(text)
     if m:
-        if index == 0:
-            raise ValueError("a macro subsignature cannot be the first one")
+        # a macro as subsignature 0 has no previous match to follow: clamscan 1.4.6 loads it, it never matches
         group = int(m.group(3))
         if group >= MAX_MACRO_GROUP:
             raise ValueError(f"macro group {group} out of range (0-31)")

@@ -65,7 +65,7 @@ _FORMS: list[tuple[re.Pattern[str], Anchor]] = [
     (re.compile(r"SL\+" + _NUM), Anchor.LAST_SECTION),
     (re.compile(r"SE" + _NUM), Anchor.SECTION_ENTIRE),
     (re.compile(r"VI"), Anchor.VERSION_INFO),
-    (re.compile(r"\$" + _NUM + r"\$"), Anchor.MACRO),
+    (re.compile(r"\$" + _NUM + r"\$?"), Anchor.MACRO),  # clamscan 1.4.6 takes $n and $n$
 ]
 
 MAX_MACRO_GROUP = 32
