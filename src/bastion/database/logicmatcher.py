@@ -4,7 +4,10 @@ The content subsignatures of every logical signature sit in the body matcher's H
 (:mod:`bastion.database.bodymatcher`, entries with ``lsig >= 0``), so a scan pays nothing extra for
 logical signatures until one of their subsignatures is seen.  Signatures that can be true although
 none of their content subsignatures matched (``0=0``, ``0<2``, a PCRE whose trigger holds on no
-matches) are listed in ``always`` and evaluated for every object of their target type.
+matches) are listed in ``always`` and evaluated for every object of their target type.  Those whose
+expression holds on zero counts are also listed in ``vacuous``: clamscan 1.4.6 reports them on every
+object of their target type, even one where the content is present (it evaluates logical signatures
+a second time without the match counts; tests/test_ldb_parity.py), and so does Bastion.
 
 Records are plain tuples of str/int/bytes (marshal never loads code from data)::
 
@@ -90,10 +93,11 @@ class LogicMatcher:
     """Every logical signature of a database, plus the ``.ndb`` macro groups they refer to."""
 
     def __init__(self, index: Column | array, records: Blob | bytes, always: list[int],
-                 macros: dict[int, list[tuple[str, str, bytes]]]) -> None:
+                 macros: dict[int, list[tuple[str, str, bytes]]], vacuous: list[int]) -> None:
         self.index = index
         self.records = records
         self.always = always
+        self.vacuous = frozenset(vacuous)
         self.macros = macros
         self._decoded: dict[int, tuple] = {}
 
@@ -115,6 +119,7 @@ class LogicMatcher:
         chunks = []
         total = 0
         always = []
+        vacuous = []
         for i, sig in enumerate(logical):
             rec = marshal.dumps(_record(sig))
             chunks.append(rec)
@@ -122,10 +127,12 @@ class LogicMatcher:
             index.append(total)
             if true_without_matches(sig):
                 always.append(i)
+            if evaluate(sig.expression, [0] * len(sig.subsigs)):
+                vacuous.append(i)
         groups: dict[int, list[tuple[str, str, bytes]]] = {}
         for m in macros:
             groups.setdefault(m.group, []).append((m.name, m.pattern, m.regex))
-        return cls(index, b"".join(chunks), always, groups)
+        return cls(index, b"".join(chunks), always, groups, vacuous)
 
     def save(self, directory: str) -> None:
         assert isinstance(self.index, array) and isinstance(self.records, bytes), "only a built matcher is saved"
@@ -134,14 +141,14 @@ class LogicMatcher:
         with open(os.path.join(directory, "logical.records"), "wb") as fh:
             fh.write(self.records)
         with open(os.path.join(directory, "logical.extra"), "wb") as fh:
-            fh.write(marshal.dumps((self.always, self.macros)))
+            fh.write(marshal.dumps((self.always, self.macros, sorted(self.vacuous))))
 
     @classmethod
     def load(cls, directory: str) -> LogicMatcher:
         path = os.path.join(directory, "logical.index")
         with open(os.path.join(directory, "logical.extra"), "rb") as fh:
-            always, macros = marshal.loads(fh.read())
-        return cls(Column(path, "Q"), Blob(os.path.join(directory, "logical.records")), always, macros)
+            always, macros, vacuous = marshal.loads(fh.read())
+        return cls(Column(path, "Q"), Blob(os.path.join(directory, "logical.records")), always, macros, vacuous)
 
 
 def conditions_of(record: tuple) -> TargetConditions:

@@ -12,8 +12,9 @@ subsignatures may be present).  Here every subsignature gets an exact match coun
 * PCRE: run with PCRE2 (the library ClamAV uses) only when its trigger holds on the counts so far;
   1, or the number of matches with ``g``.
 
-Then the expression (:mod:`bastion.signatures.logic`) decides.  Scanned content only ever goes to
-compiled regular expressions: nothing in it is executed.
+Then the expression (:mod:`bastion.signatures.logic`) decides; an expression that holds on zero
+counts always holds, as in clamscan (see ``vacuous`` in :mod:`bastion.database.logicmatcher`).
+Scanned content only ever goes to compiled regular expressions: nothing in it is executed.
 """
 
 from __future__ import annotations
@@ -273,7 +274,7 @@ class LogicalEvaluator:
                 found = self._count_macro(sub, starts[index - 1], data)
             counts.append(found[0])
             starts.append(found[1])
-        if not evaluate(record[3], counts):
+        if not evaluate(record[3], counts) and lsig not in self.matcher.vacuous:
             return None
         return LogicalMatch(lsig, tuple(counts), tuple(s[0] if s else -1 for s in starts))
 
