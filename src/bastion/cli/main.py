@@ -26,6 +26,12 @@ def _clamscan(argv: list[str]) -> int:
     return clamscan.run(argv)
 
 
+def _explain(argv: list[str]) -> int:
+    from bastion.cli import explain
+
+    return explain.run(argv)
+
+
 def _version(argv: list[str]) -> int:
     if argv:
         sys.stderr.write(f"bastion version: unexpected arguments: {' '.join(argv)}\n")
@@ -38,6 +44,7 @@ def _version(argv: list[str]) -> int:
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "scan": (_scan, "scan files and directories, explaining every detection"),
     "clamscan": (_clamscan, "run the clamscan-compatible front end (same options and output as clamscan)"),
+    "explain": (_explain, "explain every matching signature of a file in full (text, source, bytes, logic)"),
     "version": (_version, "print Bastion's version"),
 }
 

@@ -110,6 +110,7 @@ def _detection_json(det: Detection, path: str) -> dict[str, Any]:
         "pattern": ev.pattern,
         "db_version": ev.db_version,
         "container_path": ev.container_path or path,
+        **({"subsig_counts": list(ev.subsig_counts)} if ev.kind == "logical" else {}),
     }
 
 
@@ -153,6 +154,11 @@ def _evidence_text(det: Detection, path: str) -> str:
         what = f"body @ {word} {', '.join(str(o) for o in ev.offsets)}"
         if ev.normalized:
             what += " of the normalized text"
+    elif ev.kind == "logical":
+        fired = sum(1 for c in ev.subsig_counts if c)
+        what = f"logical, {fired} of {len(ev.subsig_counts)} subsignatures matched"
+        if ev.offsets:
+            what += f", first @ offset {min(ev.offsets)}"
     else:
         what = ev.kind
     where = f"source {ev.source}:{ev.line}" if ev.line else f"source {ev.source}"
