@@ -823,6 +823,8 @@ MALFORMED = [
     ("ndb_section_with_target_text", "bad.ndb", f"{GOOD_NDB}\nN:7:S0+0:41424344\n", 2),
     ("ndb_target_abc", "bad.ndb", f"{GOOD_NDB}\nN:abc:*:41424344\n", 2),
     ("ndb_one_byte", "bad.ndb", f"{GOOD_NDB}\nN:0:*:41\n", 2),
+    ("ndb_two_byte_literal_target_any", "bad.ndb", f"{GOOD_NDB}\nN:0:*:4142\n", 2),
+    ("ndb_two_byte_literal_at_offset", "bad.ndb", f"{GOOD_NDB}\nN:0:EOF-3:4142\n", 2),
     ("ndb_bad_offset", "bad.ndb", f"{GOOD_NDB}\nN:0:EOF-x:41424344\n", 2),
     ("ndb_bare_ep", "bad.ndb", f"{GOOD_NDB}\nN:1:EP:41424344\n", 2),
 ]
@@ -849,6 +851,7 @@ ACCEPT_TARGET = b"\x00ABCD\x00ABxxxCD\x00parity fl text\x00"
 ACCEPT_MD5 = f"{hashlib.md5(ACCEPT_TARGET).hexdigest()}:{len(ACCEPT_TARGET)}"
 ACCEPTED = [
     # (id, file name, content, names clamscan reports with -z)
+    ("ndb_two_byte_literal_typed", "ok.ndb", f"{GOOD_NDB}\nParity.Two:1:*:4142\n", ("Parity.Good",)),
     ("ndb_reversed_range_never_matches", "ok.ndb", f"{GOOD_NDB}\nParity.Reversed:0:*:4142{{5-2}}4344\n",
      ("Parity.Good",)),
     ("hdb_fl_text_skips_the_line", "ok.hdb", f"{ACCEPT_MD5}:Parity.FlText:abc\n{ACCEPT_MD5}:Parity.Plain\n",

@@ -17,7 +17,7 @@ def explain(args: list[str], cache: Path) -> subprocess.CompletedProcess[str]:
 
 def _db(tmp_path: Path) -> Path:
     d = tmp_path / "db"
-    write(d / "x.ndb", "Body.Sig:0:*:6363\n")
+    write(d / "x.ndb", "Body.Sig:0:*:636364\n")
     write(d / "x.ldb", "Logic.Sig;Engine:81-255,Target:0;0&1&2=0;4142;0/c+d/;7a7a7a\n")
     return d
 
@@ -28,7 +28,7 @@ def test_explains_body_and_logical_matches(tmp_path: Path) -> None:
     assert r.returncode == 1, r.stderr
     out = r.stdout
     assert "Body.Sig.UNOFFICIAL  [body]" in out and f"{tmp_path}/db/x.ndb:1" in out
-    assert "signature  Body.Sig:0:*:6363" in out
+    assert "signature  Body.Sig:0:*:636364" in out
     assert "6  63 63 64 00  |ccd.|" in out
     assert "Logic.Sig;Engine:81-255,Target:0;0&1&2=0;4142;0/c+d/;7a7a7a" in out
     assert "read as (0&(1&2=0)): true" in out

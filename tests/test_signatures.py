@@ -46,7 +46,7 @@ def test_functionality_level_gating(tmp_path: Path) -> None:
     ("a.hdb", "zzd88612fea8a8f36de82e1278abb02f:68:A\n", 1, "hexadecimal"),
     ("a.hdb", "44d88612fea8a8f36de82e1278abb02f:*:A\n", 1, "73"),
     ("a.hdb", "44d88612fea8a8f36de82e1278abb02f:0:A\n", 1, "size"),
-    ("a.ndb", "A:0:*:4142\nB:0:*:e8????????5d\n", 2, "literal"),
+    ("a.ndb", "A:0:*:414243\nB:0:*:e8????????5d\n", 2, "literal"),
     ("a.ndb", "A:0:EP+0:41424344\n", 1, "target"),
     ("a.ndb", "A:x:*:41424344\n", 1, "target"),
     ("a.ndb", "A:0:EOF+3:41424344\n", 1, "offset"),

@@ -58,6 +58,10 @@ def parse_ndb(path: str, data: bytes, sigset: SignatureSet, source_index: int, o
             tr = translate(hex_text)
         except ValueError as exc:
             raise SignatureError(path, number, str(exc)) from None
+        if target == 0 and len(hex_text) == 4 and offset.anchor is not Anchor.MACRO and tr.max_length == 2 \
+                and tr.longest_literal and len(tr.longest_literal) == 2:
+            # clamscan 1.4.6 puts plain literals of target 0 in a Boyer-Moore matcher that needs 3 bytes
+            raise SignatureError(path, number, "a 2-byte literal signature of target 0 is too short (3 bytes minimum)")
         if offset.anchor is Anchor.MACRO:
             # Macro group members only serve .ldb macro subsignatures; they never alert on their own.
             report.macro_members += 1
