@@ -46,12 +46,12 @@ def test_malformed_database_names_file_and_line(tmp_path: Path, cache: Path) -> 
 def test_unsupported_database_files_are_named(tmp_path: Path, cache: Path) -> None:
     d = tmp_path / "db"
     write(d / "a.ndb", "A:0:*:41424344\n")
-    write(d / "b.mdb", "1024:44d88612fea8a8f36de82e1278abb02f:M\n")
+    write(d / "b.cbc", "ClamBCafhm\n")
     r = run_clamscan_clone(["-d", str(d), "--no-summary", str(write(tmp_path / "f", "xxABCD"))], cache)
     assert r.returncode == 1
-    assert "b.mdb" in r.stderr and "not supported yet" in r.stderr
+    assert "b.cbc" in r.stderr and "not supported yet" in r.stderr
     r = run_clamscan_clone(["-d", str(d), "--debug", "--no-summary", str(tmp_path / "f")], cache)
-    assert f"loaded {d}/a.ndb" in r.stderr and "b.mdb" in r.stderr
+    assert f"loaded {d}/a.ndb" in r.stderr and "b.cbc" in r.stderr
 
 
 @pytest.mark.parametrize("jobs", ["1", "2", "4"])

@@ -112,12 +112,12 @@ def test_ign2_by_name_and_by_line_md5(tmp_path: Path) -> None:
 def test_directory_reports_what_it_does_not_load(tmp_path: Path) -> None:
     d = tmp_path / "db"
     write(d / "a.hdb", "44d88612fea8a8f36de82e1278abb02f:68:A\n")
-    write(d / "b.mdb", "1024:44d88612fea8a8f36de82e1278abb02f:M\n")
+    write(d / "b.cbc", "ClamBCafhm\n")
     write(d / "c.weird", "?")
     write(d / "d.hdu", "44d88612fea8a8f36de82e1278abb02f:68:Pua\n")
     s = load(d)
     skipped = dict(s.report.skipped_files)
-    assert "not supported yet" in skipped[str(d / "b.mdb")]
+    assert "not supported yet" in skipped[str(d / "b.cbc")]
     assert "unknown" in skipped[str(d / "c.weird")]
     assert "--detect-pua" in skipped[str(d / "d.hdu")]
     assert load(d, pua=True).signature_count == 2

@@ -64,7 +64,7 @@ class Database:
     @property
     def signature_count(self) -> int:
         """Signatures that can alert (``Known viruses`` in clamscan's summary)."""
-        hashes = sum(len(t) for (_, p), t in self.hash_tables.items() if p is HashPurpose.DETECT)
+        hashes = sum(len(t) for (_, p), t in self.hash_tables.items() if p is not HashPurpose.ALLOW)
         return hashes + self.body_signatures + len(self.logical)
 
     def table(self, kind: HashKind, purpose: HashPurpose) -> HashTable | None:

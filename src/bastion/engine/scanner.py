@@ -73,6 +73,12 @@ _HASHERS: dict[HashKind, Callable[[], hashlib._Hash]] = {
 _KIND_ORDER = {HashKind.MD5: 0, HashKind.SHA1: 1, HashKind.SHA256: 2}
 
 
+def _digest(kind: HashKind, data: memoryview) -> bytes:
+    h = _HASHERS[kind]()
+    h.update(data)
+    return h.digest()
+
+
 class _Hits:
     """Collects Hyperscan pattern ids for one stream, with where each first match ended
     (SINGLEMATCH: each id is reported at most once)."""
@@ -208,6 +214,8 @@ class Engine:
         tables = db.hash_tables.items()
         self._detect_tables = sorted(((k, t) for (k, p), t in tables if p is HashPurpose.DETECT and len(t)),
                                      key=lambda kt: _KIND_ORDER[kt[0]])
+        self._section_tables = sorted(((k, t) for (k, p), t in tables if p is HashPurpose.SECTION and len(t)),
+                                      key=lambda kt: _KIND_ORDER[kt[0]])
         self._allow_tables = sorted(((k, t) for (k, p), t in tables if p is HashPurpose.ALLOW and len(t)),
                                     key=lambda kt: _KIND_ORDER[kt[0]])
 
@@ -326,6 +334,8 @@ class Engine:
                         break
                 if found and not opts.allmatch:
                     break
+        if self._section_tables and views is not None and ftype == "CL_TYPE_MSEXE" and (opts.allmatch or not found):
+            self._match_sections(views, found)
         if self._logical is not None and views is not None and (opts.allmatch or not found):
             self._evaluate_logical(views, ObjectFacts(size, ftype), found)
         if found:
@@ -405,6 +415,26 @@ class Engine:
                 else target in (0, norm_target)
             if fits:
                 nominated.setdefault(lsig, set())
+
+    def _match_sections(self, views: _Views, found: list[Detection]) -> None:
+        """``.mdb``/``.msb``: the hash of each PE section's raw data, with its size."""
+        info = views.exe()
+        if info is None or info.kind != "pe":
+            return
+        data = views.raw()
+        for index, section in enumerate(info.sections):
+            if section.raw_size <= 0 or section.raw_offset >= len(data):
+                continue
+            raw = data[section.raw_offset:section.raw_offset + section.raw_size]
+            for kind, table in self._section_tables:
+                if not table.may_hold_size(len(raw)):
+                    continue
+                for hit in table.lookup(_digest(kind, raw), len(raw)):
+                    found.append(Detection(hit.name, Evidence(
+                        kind=f"section.{kind.value}", source=self.db.sources[hit.source_index].path, line=hit.line,
+                        db_version=self.db.version, offsets=(section.raw_offset,), pattern=f"section {index}")))
+                    if not self.options.allmatch:
+                        return
 
     def _evaluate_logical(self, views: _Views, facts: ObjectFacts, found: list[Detection]) -> None:
         """Logical signatures on the raw bytes, then on the normalized text (each name once)."""

@@ -1,7 +1,9 @@
-"""Whole-file hash databases: ``.hdb`` ``.hsb`` ``.hdu`` ``.hsu`` and allow lists ``.fp`` ``.sfp``.
+"""Hash databases: whole-file ``.hdb`` ``.hsb`` ``.hdu`` ``.hsu``, allow lists ``.fp`` ``.sfp`` and PE
+section hashes ``.mdb`` ``.msb`` ``.mdu`` ``.msu``.
 
-Line: ``hash:size:Name[:minFL[:maxFL]]``.  The hash family comes from the digest length (MD5, SHA1,
-SHA256); ``size`` is a positive decimal or ``*`` (any size, which ClamAV accepts only with minFL >= 73).
+Line: ``hash:size:Name[:minFL[:maxFL]]``; section hashes put the size first: ``size:hash:Name...``.
+The hash family comes from the digest length (MD5, SHA1, SHA256); ``size`` is a positive decimal
+or ``*`` (any size, which ClamAV accepts only with minFL >= 73).
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ def parse_hash_db(path: str, data: bytes, sigset: SignatureSet, source_index: in
         if count < 3 or count > 5:
             raise SignatureError(path, number, f"expected 3 to 5 ':'-separated fields, found {count}")
         hex_digest, size_text, name = fields[0], fields[1], fields[2]
+        if purpose is HashPurpose.SECTION:
+            hex_digest, size_text = size_text, hex_digest
         kind = _KIND_BY_HEX_LENGTH.get(len(hex_digest))
         if kind is None:
             raise SignatureError(path, number, f"hash of length {len(hex_digest)} is not MD5, SHA1 or SHA256")

@@ -23,11 +23,13 @@ SUPPORTED: dict[str, tuple[str, bool]] = {
     ".fp": ("allow", False), ".sfp": ("allow", False),
     ".ndb": ("ndb", False), ".ndu": ("ndb", True),
     ".ldb": ("ldb", False), ".ldu": ("ldb", True),
+    ".mdb": ("section", False), ".msb": ("section", False),
+    ".mdu": ("section", True), ".msu": ("section", True),
     ".ign": ("ignore", False), ".ign2": ("ignore", False),
 }
 # Formats ClamAV reads that Bastion does not read yet: reported by name at load.
 NOT_YET_SUPPORTED = frozenset({
-    ".mdb", ".msb", ".mdu", ".msu", ".imp", ".cdb", ".idb", ".cbc", ".crb", ".ftm",
+    ".imp", ".cdb", ".idb", ".cbc", ".crb", ".ftm",
     ".pdb", ".gdb", ".wdb", ".cfg", ".info", ".yar", ".yara", ".pwdb", ".cvd", ".cld", ".cud", ".cat",
     ".db", ".sdb", ".zmd", ".rmd", ".ioc",
 })
@@ -170,6 +172,8 @@ def parse_sources(discovery: Discovery) -> SignatureSet:
         index = sigset.add_source(cand.path, cand.sha256, cand.official)
         if cand.role == "hash":
             parse_hash_db(cand.path, data, sigset, index, cand.official, HashPurpose.DETECT)
+        elif cand.role == "section":
+            parse_hash_db(cand.path, data, sigset, index, cand.official, HashPurpose.SECTION)
         elif cand.role == "allow":
             parse_hash_db(cand.path, data, sigset, index, cand.official, HashPurpose.ALLOW)
         elif cand.role == "ndb":

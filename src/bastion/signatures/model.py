@@ -31,10 +31,11 @@ class HashKind(str, Enum):
 
 
 class HashPurpose(str, Enum):
-    """Detect (``.hdb``/``.hsb``) or allow-list (``.fp``/``.sfp``)."""
+    """Detect (``.hdb``/``.hsb``), allow-list (``.fp``/``.sfp``) or PE section (``.mdb``/``.msb``)."""
 
     DETECT = "detect"
     ALLOW = "allow"
+    SECTION = "section"
 
 
 # A hash signature whose size field is ``*`` matches a file of any size.
@@ -246,5 +247,5 @@ class SignatureSet:
     @property
     def signature_count(self) -> int:
         """Signatures that can raise an alert (allow-list entries are not counted, as in ClamAV)."""
-        detect = sum(len(c) for (_, p), c in self.hashes.items() if p is HashPurpose.DETECT)
+        detect = sum(len(c) for (_, p), c in self.hashes.items() if p is not HashPurpose.ALLOW)
         return detect + sum(1 for b in self.bodies if b.lsig < 0) + len(self.logical)
