@@ -255,7 +255,9 @@ def _debug_report(db: object, out: Output) -> None:
     out.warn(f"Bastion debug: {db.signature_count} signatures; skipped by functionality level "
              f"{rep.skipped_by_flevel}, by target type {rep.skipped_by_target}, ignored by name "
              f"{rep.ignored_by_name}, macro members {rep.macro_members}; body matcher modes "
-             f"{db.bodies.mode_counts()}")
+             f"{db.bodies.mode_counts()}; logical {len(db.logical)}")
+    for kind, count in sorted(rep.not_enforced.items()):
+        out.warn(f"Bastion debug: {count} {kind} line(s) loaded but not enforced yet")
 
 
 def run(argv: list[str] | None = None) -> int:

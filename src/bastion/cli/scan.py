@@ -308,6 +308,8 @@ def run(argv: list[str] | None = None) -> int:
         if unsupported:
             listed = "; ".join(f"{p} ({why})" for p, why in unsupported)
             _warn(f"warning: {len(unsupported)} database file(s) not loaded: {listed}")
+        for kind, count in sorted(db.report.not_enforced.items()):
+            _warn(f"note: {count} {kind} line(s) loaded but not enforced yet")
     engine = Engine(db, ScanOptions(allmatch=args.allmatch, max_filesize=max_filesize,
                                     max_scansize=max_scansize, want_sha256=args.json))
     show_progress = not (args.json or args.no_progress) and sys.stderr.isatty()

@@ -7,6 +7,8 @@ Layout of one cached database (a directory named after its cache key)::
     raw.hs / normalized.hs        serialized Hyperscan databases (database/bodymatcher.py)
     bodies.index / .records       per body signature: name, target, offset, exact regex, source
     logical.*                     logical signatures (database/logicmatcher.py)
+    filetypes.marshal             .ftm file type magic (plain tuples)
+    containers.marshal            .cdb container metadata rules (plain tuples)
 
 The cache key is a digest of Bastion's version, the functionality level, the options that change
 what loads (PUA) and every input file's path, role and SHA-256, so editing a signature file, adding
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import marshal
 import os
 import time
 from dataclasses import dataclass, field
@@ -26,9 +29,9 @@ from bastion.database.bodymatcher import BodyMatcher
 from bastion.database.hashtable import HashTable
 from bastion.database.logicmatcher import LogicMatcher
 from bastion.signatures.loader import Discovery, default_database_paths, discover, file_digest, parse_sources
-from bastion.signatures.model import HashKind, HashPurpose, LoadReport, SignatureSet
+from bastion.signatures.model import ContainerRule, FileTypeMagic, HashKind, HashPurpose, LoadReport, SignatureSet
 
-FORMAT_VERSION = 6
+FORMAT_VERSION = 7
 CACHE_DIR_ENV = "BASTION_CACHE_DIR"
 # Compiled databases kept in the cache besides the one in use (oldest are removed).
 CACHE_KEEP = 4
@@ -56,6 +59,8 @@ class Database:
     report: LoadReport
     # body signatures that alert on their own (the rest of ``bodies`` are .ldb content subsignatures)
     body_signatures: int = 0
+    filetypes: list[FileTypeMagic] = field(default_factory=list)
+    container_rules: list[ContainerRule] = field(default_factory=list)
     path: str | None = None
     load_seconds: float = 0.0
     from_cache: bool = False
@@ -83,6 +88,8 @@ class Database:
             logical=LogicMatcher.build(sigset.logical, sigset.macros),
             report=sigset.report,
             body_signatures=sum(1 for b in sigset.bodies if b.lsig < 0),
+            filetypes=list(sigset.filetypes),
+            container_rules=list(sigset.container_rules),
         )
 
     def save(self, directory: str) -> None:
@@ -90,6 +97,13 @@ class Database:
             table.save(directory, f"{kind.value}-{purpose.value}")
         self.bodies.save(directory)
         self.logical.save(directory)
+        with open(os.path.join(directory, "filetypes.marshal"), "wb") as fh:
+            fh.write(marshal.dumps([(m.kind, m.offset, m.magic, m.text, m.name, m.rtype, m.ftype, m.source_index,
+                                     m.line) for m in self.filetypes]))
+        with open(os.path.join(directory, "containers.marshal"), "wb") as fh:
+            fh.write(marshal.dumps([(r.name, r.container_type, r.container_size, r.name_regex, r.size_in_container,
+                                     r.real_size, r.encrypted, r.position, r.source_index, r.line)
+                                    for r in self.container_rules]))
         manifest = {
             "format": FORMAT_VERSION,
             "bastion": __version__,
@@ -107,6 +121,7 @@ class Database:
                 "ignored_by_name": self.report.ignored_by_name,
                 "macro_members": self.report.macro_members,
                 "skipped_by_condition": self.report.skipped_by_condition,
+                "not_enforced": self.report.not_enforced,
             },
         }
         with open(os.path.join(directory, "manifest.json"), "w", encoding="utf-8") as fh:
@@ -131,7 +146,12 @@ class Database:
             ignored_by_name=rep["ignored_by_name"],
             macro_members=rep["macro_members"],
             skipped_by_condition=rep["skipped_by_condition"],
+            not_enforced=rep["not_enforced"],
         )
+        with open(os.path.join(directory, "filetypes.marshal"), "rb") as fh:
+            filetypes = [FileTypeMagic(*row) for row in marshal.loads(fh.read())]
+        with open(os.path.join(directory, "containers.marshal"), "rb") as fh:
+            container_rules = [ContainerRule(*row) for row in marshal.loads(fh.read())]
         return cls(
             version=manifest["version"],
             sources=[SourceInfo(p, d, o) for p, d, o in manifest["sources"]],
@@ -140,6 +160,8 @@ class Database:
             logical=LogicMatcher.load(directory),
             report=report,
             body_signatures=manifest["body_signatures"],
+            filetypes=filetypes,
+            container_rules=container_rules,
             path=directory,
             from_cache=True,
         )

@@ -1,10 +1,14 @@
 """File typing by magic bytes, with ClamAV's type names, and the target types each type admits.
 
-This is the built-in subset ClamAV calls ``filetypes_int.h``; reading ``.ftm`` databases comes with
-the formats issue.  Typing looks only at the first bytes of the object.
+This is the built-in subset ClamAV calls ``filetypes_int.h``; a database's ``.ftm`` entries refine it
+(:class:`FileTyper`).  Typing looks only at the first bytes of the object.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+
+from bastion.signatures.model import FileTypeMagic
 
 TEXT_PROBE = 1024
 # Bytes that make an object binary, as in file(1)'s text test that ClamAV's typing follows: most C0
@@ -80,6 +84,24 @@ def detect_type(data: bytes | memoryview) -> str:
             return "CL_TYPE_MAIL"
         return "CL_TYPE_TEXT_ASCII"
     return "CL_TYPE_BINARY_DATA"
+
+
+class FileTyper:
+    """Built-in typing refined by a database's ``.ftm`` entries (magictype 0): the first entry whose
+    bytes sit at its offset wins.  Its previous type (``rtype``) is not checked when typing a whole
+    object: clamscan 1.4.6 retypes a binary file with an entry for ``CL_TYPE_TEXT_ASCII`` too
+    (tests/test_formats_parity.py)."""
+
+    def __init__(self, magics: Sequence[FileTypeMagic]) -> None:
+        self.magics = [m for m in magics if m.kind == 0]
+
+    def __call__(self, head: bytes | memoryview) -> str:
+        if self.magics:
+            probe = bytes(head[:TEXT_PROBE])
+            for m in self.magics:
+                if probe.startswith(m.magic, m.offset):
+                    return m.ftype
+        return detect_type(head)
 
 
 # The normalized view of an object and the target type matched against it, by object type.

@@ -33,7 +33,7 @@ import hyperscan
 
 from bastion.database.bodymatcher import BodyEntry
 from bastion.database.compiled import Database
-from bastion.engine.filetype import NORMALIZED_TARGET, TEXT_PROBE, detect_type, target_matches
+from bastion.engine.filetype import NORMALIZED_TARGET, TEXT_PROBE, FileTyper, detect_type, target_matches
 from bastion.engine.logical import LogicalEvaluator, ObjectFacts
 from bastion.engine.normalize import TextNormalizer, normalize_text
 from bastion.engine.verdict import Detection, Evidence, ScanResult
@@ -211,6 +211,7 @@ class Engine:
         self._local = threading.local()
         self._regex_cache: dict[int, re.Pattern[bytes]] = {}
         self._logical = LogicalEvaluator(db.logical) if len(db.logical) else None
+        self._type = FileTyper(db.filetypes)
         tables = db.hash_tables.items()
         self._detect_tables = sorted(((k, t) for (k, p), t in tables if p is HashPurpose.DETECT and len(t)),
                                      key=lambda kt: _KIND_ORDER[kt[0]])
@@ -353,7 +354,7 @@ class Engine:
         size = 0
         for chunk in chunks:
             if streams is None:
-                ftype = result.file_type = detect_type(chunk[:TEXT_PROBE])
+                ftype = result.file_type = self._type(chunk[:TEXT_PROBE])
                 normalizer = TextNormalizer() if ftype in NORMALIZED_TARGET else None
                 raw_scan = ftype not in _NORMALIZED_ONLY
                 streams = _Streams(self, normalized=normalizer is not None)

@@ -25,12 +25,16 @@ SUPPORTED: dict[str, tuple[str, bool]] = {
     ".ldb": ("ldb", False), ".ldu": ("ldb", True),
     ".mdb": ("section", False), ".msb": ("section", False),
     ".mdu": ("section", True), ".msu": ("section", True),
+    ".ftm": ("ftm", False),
+    ".cdb": ("cdb", False),
+    ".pdb": ("pdb", False), ".wdb": ("wdb", False), ".gdb": ("gdb", False),
+    ".cfg": ("cfg", False), ".info": ("info", False),
     ".ign": ("ignore", False), ".ign2": ("ignore", False),
 }
 # Formats ClamAV reads that Bastion does not read yet: reported by name at load.
 NOT_YET_SUPPORTED = frozenset({
-    ".imp", ".cdb", ".idb", ".cbc", ".crb", ".ftm",
-    ".pdb", ".gdb", ".wdb", ".cfg", ".info", ".yar", ".yara", ".pwdb", ".cvd", ".cld", ".cud", ".cat",
+    ".imp", ".idb", ".cbc", ".crb",
+    ".yar", ".yara", ".pwdb", ".cvd", ".cld", ".cud", ".cat",
     ".db", ".sdb", ".zmd", ".rmd", ".ioc",
 })
 NEVER_A_DATABASE = frozenset({".sign", ".cdiff", ".dat", ".txt", ".md"})
@@ -156,10 +160,14 @@ def _digest_or_error(path: str, digest: Digester) -> str:
 def parse_sources(discovery: Discovery) -> SignatureSet:
     """Parse every candidate into one model.  Raises :class:`SignatureError` on the first bad line."""
     # the parsers are imported here: a start that finds its database in the cache never needs them
+    from bastion.signatures.cdb import parse_cdb
+    from bastion.signatures.dconf import parse_cfg, parse_info
+    from bastion.signatures.ftm import parse_ftm
     from bastion.signatures.hashdb import parse_hash_db
     from bastion.signatures.ignore import parse_ignore
     from bastion.signatures.ldb import parse_ldb
     from bastion.signatures.ndb import parse_ndb
+    from bastion.signatures.phishing import parse_phishing
 
     sigset = SignatureSet()
     sigset.report.skipped_files.extend(discovery.skipped)
@@ -180,6 +188,16 @@ def parse_sources(discovery: Discovery) -> SignatureSet:
             parse_ndb(cand.path, data, sigset, index, cand.official)
         elif cand.role == "ldb":
             parse_ldb(cand.path, data, sigset, index, cand.official)
+        elif cand.role == "cdb":
+            parse_cdb(cand.path, data, sigset, index, cand.official)
+        elif cand.role in ("pdb", "wdb", "gdb"):
+            parse_phishing(cand.path, data, sigset, cand.role)
+        elif cand.role == "cfg":
+            parse_cfg(cand.path, data, sigset)
+        elif cand.role == "info":
+            parse_info(cand.path, data, sigset)
+        elif cand.role == "ftm":
+            parse_ftm(cand.path, data, sigset, index)
         elif cand.role == "ignore":
             parse_ignore(cand.path, data, sigset)
         sigset.report.loaded_files.append(cand.path)

@@ -200,6 +200,39 @@ class LogicalSignature:
     text: str
 
 
+@dataclass(frozen=True, slots=True)
+class FileTypeMagic:
+    """One ``.ftm`` line: objects whose first bytes carry ``magic`` at ``offset`` (-1: anywhere, for
+    magictype 1 where ``magic`` is a regex) and that the built-in typing calls ``rtype`` (or
+    ``CL_TYPE_ANY``) are of type ``ftype``."""
+
+    kind: int
+    offset: int
+    magic: bytes
+    text: str
+    name: str
+    rtype: str
+    ftype: str
+    source_index: int
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerRule:
+    """One ``.cdb`` line; None fields match anything; ranges are inclusive ``(low, high)``."""
+
+    name: str
+    container_type: str | None
+    container_size: tuple[int, int] | None
+    name_regex: str | None
+    size_in_container: tuple[int, int] | None
+    real_size: tuple[int, int] | None
+    encrypted: bool | None
+    position: tuple[int, int] | None
+    source_index: int
+    line: int
+
+
 @dataclass(slots=True)
 class LoadReport:
     """What happened while loading, for ``--debug``, ``bastion scan`` and the summary.
@@ -216,6 +249,8 @@ class LoadReport:
     macro_members: int = 0
     # logical signatures left out because their target description names something unknown
     skipped_by_condition: int = 0
+    # lines parsed and validated that Bastion does not act on yet, by kind (phishing, ...)
+    not_enforced: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -227,6 +262,8 @@ class SignatureSet:
     bodies: list[BodySignature] = field(default_factory=list)
     logical: list[LogicalSignature] = field(default_factory=list)
     macros: list[MacroMember] = field(default_factory=list)
+    filetypes: list[FileTypeMagic] = field(default_factory=list)
+    container_rules: list[ContainerRule] = field(default_factory=list)
     # .ign/.ign2 entries: bare name -> set of md5 hex of the full DB line ('' = any line)
     ignores: dict[str, set[str]] = field(default_factory=dict)
     report: LoadReport = field(default_factory=LoadReport)

@@ -1,0 +1,68 @@
+"""Container metadata signatures (``.cdb``): alert on what an archive holds, not on its bytes.
+
+Line: ``Name:ContainerType:ContainerSize:FileNameREGEX:FileSizeInContainer:FileSizeReal:IsEncrypted:
+FilePos:Res1:Res2[:minFL[:maxFL]]`` (ClamAV's ``ContainerMetadata``).  ``*`` means any; sizes and
+positions are ``n`` or ``n-m``; ``IsEncrypted`` is 0, 1 or ``*``.
+
+They apply to the members of archives, so they are parsed, validated and stored in the compiled
+database now, and enforced once archives are unpacked (README: not enforced yet).
+"""
+
+from __future__ import annotations
+
+import re
+
+from bastion.signatures.cltypes import CL_TYPES
+from bastion.signatures.errors import SignatureError
+from bastion.signatures.model import ContainerRule, SignatureSet
+from bastion.signatures.textdb import flevel_allows, flevel_field, is_ignored, iter_signature_lines, printed_name
+
+_RANGE = re.compile(r"(\d+)(?:-(\d+))?")
+
+
+def _range(text: str, what: str) -> tuple[int, int] | None:
+    if text == "*":
+        return None
+    m = _RANGE.fullmatch(text)
+    if not m:
+        raise ValueError(f"bad {what} {text!r} (n, n-m or *)")
+    low = int(m.group(1))
+    return low, int(m.group(2)) if m.group(2) else low
+
+
+def parse_cdb(path: str, data: bytes, sigset: SignatureSet, source_index: int, official: bool) -> None:
+    before = len(sigset.container_rules)
+    for number, line in iter_signature_lines(path, data):
+        fields = line.split(":")
+        if not 10 <= len(fields) <= 12:
+            raise SignatureError(path, number, f"expected 10 to 12 ':'-separated fields, found {len(fields)}")
+        name, ctype = fields[0], fields[1]
+        if not name:
+            raise SignatureError(path, number, "empty signature name")
+        try:
+            if ctype != "*" and ctype not in CL_TYPES:
+                raise ValueError(f"unknown container type {ctype!r}")
+            container_size = _range(fields[2], "container size")
+            name_regex = None if fields[3] == "*" else fields[3]
+            if name_regex is not None:
+                re.compile(name_regex)
+            size_in = _range(fields[4], "file size in container")
+            size_real = _range(fields[5], "real file size")
+            if fields[6] not in ("0", "1", "*"):
+                raise ValueError(f"bad encrypted flag {fields[6]!r} (0, 1 or *)")
+            position = _range(fields[7], "file position")
+        except (ValueError, re.error) as exc:
+            raise SignatureError(path, number, str(exc)) from None
+        minimum = flevel_field(path, number, fields[10], "minimum") if len(fields) > 10 else 0
+        maximum = flevel_field(path, number, fields[11], "maximum") if len(fields) > 11 else None
+        if not flevel_allows(minimum, maximum):
+            sigset.report.skipped_by_flevel += 1
+            continue
+        if is_ignored(sigset.ignores, name, line):
+            sigset.report.ignored_by_name += 1
+            continue
+        sigset.container_rules.append(ContainerRule(
+            printed_name(name, official), None if ctype == "*" else ctype, container_size, name_regex, size_in,
+            size_real, None if fields[6] == "*" else fields[6] == "1", position, source_index, number))
+    added = len(sigset.container_rules) - before
+    sigset.report.not_enforced["container metadata"] = sigset.report.not_enforced.get("container metadata", 0) + added
