@@ -217,6 +217,8 @@ class Engine:
                                      key=lambda kt: _KIND_ORDER[kt[0]])
         self._section_tables = sorted(((k, t) for (k, p), t in tables if p is HashPurpose.SECTION and len(t)),
                                       key=lambda kt: _KIND_ORDER[kt[0]])
+        self._import_tables = sorted(((k, t) for (k, p), t in tables if p is HashPurpose.IMPORTS and len(t)),
+                                     key=lambda kt: _KIND_ORDER[kt[0]])
         self._allow_tables = sorted(((k, t) for (k, p), t in tables if p is HashPurpose.ALLOW and len(t)),
                                     key=lambda kt: _KIND_ORDER[kt[0]])
 
@@ -337,6 +339,8 @@ class Engine:
                     break
         if self._section_tables and views is not None and ftype == "CL_TYPE_MSEXE" and (opts.allmatch or not found):
             self._match_sections(views, found)
+        if self._import_tables and views is not None and ftype == "CL_TYPE_MSEXE" and (opts.allmatch or not found):
+            self._match_imports(views, found)
         if self._logical is not None and views is not None and (opts.allmatch or not found):
             self._evaluate_logical(views, ObjectFacts(size, ftype), found)
         if found:
@@ -436,6 +440,25 @@ class Engine:
                         db_version=self.db.version, offsets=(section.raw_offset,), pattern=f"section {index}")))
                     if not self.options.allmatch:
                         return
+
+    def _match_imports(self, views: _Views, found: list[Detection]) -> None:
+        """``.imp``: the hash of the PE import table text (:mod:`bastion.formats.pe_imports`)."""
+        info = views.exe()
+        if info is None:
+            return
+        from bastion.formats.pe_imports import import_text
+
+        text = import_text(views.raw(), info)
+        if text is None:
+            return
+        raw = memoryview(text.encode("latin-1"))
+        for kind, table in self._import_tables:
+            for hit in table.lookup(_digest(kind, raw), len(raw)):
+                found.append(Detection(hit.name, Evidence(
+                    kind=f"imports.{kind.value}", source=self.db.sources[hit.source_index].path, line=hit.line,
+                    db_version=self.db.version, pattern=text)))
+                if not self.options.allmatch:
+                    return
 
     def _evaluate_logical(self, views: _Views, facts: ObjectFacts, found: list[Detection]) -> None:
         """Logical signatures on the raw bytes, then on the normalized text (each name once)."""

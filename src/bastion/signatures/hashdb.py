@@ -1,5 +1,5 @@
 """Hash databases: whole-file ``.hdb`` ``.hsb`` ``.hdu`` ``.hsu``, allow lists ``.fp`` ``.sfp`` and PE
-section hashes ``.mdb`` ``.msb`` ``.mdu`` ``.msu``.
+section hashes ``.mdb`` ``.msb`` ``.mdu`` ``.msu``, and PE import table hashes ``.imp``.
 
 Line: ``hash:size:Name[:minFL[:maxFL]]``; section hashes put the size first: ``size:hash:Name...``.
 The hash family comes from the digest length (MD5, SHA1, SHA256); ``size`` is a positive decimal
@@ -60,7 +60,7 @@ def parse_hash_db(path: str, data: bytes, sigset: SignatureSet, source_index: in
             report.skipped_by_flevel += 1  # clamscan skips a line whose FL field has no number
             continue
         if size_text == "*":
-            if minimum < WILDCARD_SIZE_MIN_FLEVEL:
+            if minimum < WILDCARD_SIZE_MIN_FLEVEL and purpose is not HashPurpose.IMPORTS:
                 raise SignatureError(path, number, "size '*' requires a minimum functionality level of 73")
             size = ANY_SIZE
         elif size_text.isdigit() and int(size_text) > 0:

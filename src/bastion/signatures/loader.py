@@ -25,6 +25,7 @@ SUPPORTED: dict[str, tuple[str, bool]] = {
     ".ldb": ("ldb", False), ".ldu": ("ldb", True),
     ".mdb": ("section", False), ".msb": ("section", False),
     ".mdu": ("section", True), ".msu": ("section", True),
+    ".imp": ("imports", False),
     ".ftm": ("ftm", False),
     ".cdb": ("cdb", False),
     ".pdb": ("pdb", False), ".wdb": ("wdb", False), ".gdb": ("gdb", False),
@@ -33,7 +34,7 @@ SUPPORTED: dict[str, tuple[str, bool]] = {
 }
 # Formats ClamAV reads that Bastion does not read yet: reported by name at load.
 NOT_YET_SUPPORTED = frozenset({
-    ".imp", ".idb", ".cbc", ".crb",
+    ".idb", ".cbc", ".crb",
     ".yar", ".yara", ".pwdb", ".cvd", ".cld", ".cud", ".cat",
     ".db", ".sdb", ".zmd", ".rmd", ".ioc",
 })
@@ -182,6 +183,8 @@ def parse_sources(discovery: Discovery) -> SignatureSet:
             parse_hash_db(cand.path, data, sigset, index, cand.official, HashPurpose.DETECT)
         elif cand.role == "section":
             parse_hash_db(cand.path, data, sigset, index, cand.official, HashPurpose.SECTION)
+        elif cand.role == "imports":
+            parse_hash_db(cand.path, data, sigset, index, cand.official, HashPurpose.IMPORTS)
         elif cand.role == "allow":
             parse_hash_db(cand.path, data, sigset, index, cand.official, HashPurpose.ALLOW)
         elif cand.role == "ndb":

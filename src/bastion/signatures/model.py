@@ -31,11 +31,13 @@ class HashKind(str, Enum):
 
 
 class HashPurpose(str, Enum):
-    """Detect (``.hdb``/``.hsb``), allow-list (``.fp``/``.sfp``) or PE section (``.mdb``/``.msb``)."""
+    """Detect (``.hdb``/``.hsb``), allow-list (``.fp``/``.sfp``), PE section (``.mdb``/``.msb``) or
+    PE import table (``.imp``)."""
 
     DETECT = "detect"
     ALLOW = "allow"
     SECTION = "section"
+    IMPORTS = "imports"
 
 
 # A hash signature whose size field is ``*`` matches a file of any size.
