@@ -258,3 +258,33 @@ def test_macro_follows_the_manual_where_clamscan_does_not(tmp_path: Path, shared
     assert pair.clam.rc == 0 and not pair.clam.found, pair.report()
     assert {p.rsplit("/", 1)[1] for p, _ in pair.bastion.found} == {"at6", "at7"}, pair.report()
     assert {n for _, n in pair.bastion.found} == {"TestMacro" + UNOFFICIAL}, pair.report()
+
+
+# ---------------------------------------------------------------- two published ClamAV signatures
+# (quoted in ClamAV's documentation and unit tests): an expression naming only a PCRE subsignature
+# whose trigger mixes negations with a content match, and a nibble alternation feeding a PCRE
+REAL_LDB = (
+    "Win.Downloader.DDECmdExec-6683887-5;Engine:81-255,Target:0;4;0:1f8b;0:255044462d;0:4d5a{-100}50450000;"
+    "7c27{-255}2721;(0=0&1=0&2=0)&3/(?<!\\x20)[=+\\-@]\\s*?(\\w+\\s*?\\x28)?.{0,50}(certutil|cmd|cmstp|cscript|"
+    "dnscmd|msiexec|netsh|regsvr32|rpcping|rundll32|schtasks|telnet|tscon|tsdiscon|wmic|wscript).{0,50}\\|\\s*?"
+    "\\x27[^\\x27]{5,255}\\x27\\s*?\\x21/i\n"
+    "Win.Trojan.MSShellcode-6360730-0;Engine:81-255,Target:0;1;d97424f4(5?|b?);"
+    "0/\\xd9\\x74\\x24\\xf4[\\x50-\\x5f\\xb0-\\xbf]/\n"
+)
+REAL_FILES = {
+    "dde.csv": (b"a,b\n=CMD|'/c calc.exe'!A0\n", ["Win.Downloader.DDECmdExec-6683887-5"]),
+    "dde.pdf": (b"%PDF-=CMD|'/c calc.exe'!A0\n", []),
+    "shellcode.bin": (b"\x00\x00\xd9\x74\x24\xf4\x5a\x00", ["Win.Trojan.MSShellcode-6360730-0"]),
+    "not_shellcode.bin": (b"\x00\x00\xd9\x74\x24\xf4\x4a\x00", []),
+}
+
+
+def test_published_signatures(tmp_path: Path, shared_cache_dir: Path) -> None:
+    db = tmp_path / "real.ldb"
+    db.write_text(REAL_LDB)
+    for name, (body, _) in REAL_FILES.items():
+        (tmp_path / name).write_bytes(body)
+    pair = run_both(["-z", "--no-summary", "-d", str(db), *REAL_FILES], tmp_path, shared_cache_dir)
+    for name, (_, names) in REAL_FILES.items():
+        assert pair.bastion.names(name) == pair.clam.names(name), pair.report(name)
+        assert pair.clam.names(name) == [n + UNOFFICIAL for n in names], pair.report(name)
