@@ -37,6 +37,14 @@ make_venv() {
     fi
 }
 
+# Native libraries Bastion itself loads: libarchive (archive unpacking, through libarchive-c).
+ensure_native_libs() {
+    if ! ldconfig -p 2>/dev/null | grep -q 'libarchive\.so'; then
+        echo "== installing libarchive13"
+        apt_install libarchive13
+    fi
+}
+
 ensure_debian_peers() {
     local missing=()
     command -v clamscan >/dev/null 2>&1 || missing+=(clamav)
@@ -44,6 +52,7 @@ ensure_debian_peers() {
     command -v clamdscan >/dev/null 2>&1 || missing+=(clamdscan)
     [ -d /usr/share/clamav-testfiles ] || missing+=(clamav-testfiles)
     command -v yara >/dev/null 2>&1 || missing+=(yara)
+    ensure_native_libs
     if [ "${#missing[@]}" -gt 0 ]; then
         echo "== installing Debian peers: ${missing[*]}"
         apt_install "${missing[@]}"

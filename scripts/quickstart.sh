@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 ensure_python_venv
+ensure_native_libs
 make_venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e .
 

@@ -15,7 +15,7 @@ import pytest
 
 from tests.helpers import CANARY, EICAR, bastion_env, write
 
-JSON_KEYS = ["path", "verdict", "file_type", "size", "sha256", "detections", "error"]
+JSON_KEYS = ["path", "verdict", "file_type", "size", "sha256", "detections", "error", "limits"]
 DETECTION_KEYS = ["name", "kind", "source", "line", "offsets", "normalized", "pattern", "db_version",
                   "container_path"]
 

@@ -26,15 +26,14 @@ from bastion.engine import Engine, ScanOptions, ScanResult
 # clamscan options accepted for compatibility but not acted on yet (value-taking, flag-like).
 _IGNORED_VALUE_OPTIONS = (
     "--scan-pe", "--scan-elf", "--scan-ole2", "--scan-pdf", "--scan-swf", "--scan-html", "--scan-xmldocs",
-    "--scan-hwp3", "--scan-onenote", "--scan-archive", "--scan-mail", "--scan-image", "--scan-image-fuzzy-hash",
-    "--alert-broken", "--alert-broken-media", "--alert-encrypted", "--alert-encrypted-archive",
-    "--alert-encrypted-doc", "--alert-macros", "--alert-exceeds-max", "--alert-phishing-ssl",
+    "--scan-hwp3", "--scan-onenote", "--scan-mail", "--scan-image", "--scan-image-fuzzy-hash",
+    "--alert-broken", "--alert-broken-media", "--alert-encrypted-doc", "--alert-macros", "--alert-phishing-ssl",
     "--alert-phishing-cloak", "--alert-partition-intersection", "--heuristic-alerts", "--heuristic-scan-precedence",
     "--phishing-sigs", "--phishing-scan-urls", "--bytecode", "--bytecode-unsigned", "--bytecode-timeout",
-    "--statistics", "--max-files", "--max-recursion", "--max-dir-recursion", "--max-embeddedpe",
+    "--statistics", "--max-dir-recursion", "--max-embeddedpe",
     "--max-htmlnormalize", "--max-htmlnotags", "--max-scriptnormalize", "--max-ziptypercg", "--max-partitions",
     "--max-iconspe", "--max-rechwp3", "--pcre-match-limit", "--pcre-recmatch-limit", "--pcre-max-filesize",
-    "--max-scantime", "--disable-cache", "--nocerts", "--dumpcerts", "--tempdir", "--leave-temps", "--gen-json",
+    "--disable-cache", "--nocerts", "--dumpcerts", "--tempdir", "--leave-temps", "--gen-json",
     "--gen-mdb", "--official-db-only", "--exclude-pua", "--include-pua", "--structured-ssn-format",
     "--structured-ssn-count", "--structured-cc-count", "--structured-cc-mode", "--detect-structured",
     "--fips-limits", "--cvdcertsdir", "--normalize", "--force-to-disk", "--disable-certs", "--bell",
@@ -124,6 +123,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="files larger than this will be skipped and assumed clean (default 100M)")
     p.add_argument("--max-scansize", metavar="#n", default="400M",
                    help="the maximum amount of data to scan for each container file (default 400M)")
+    p.add_argument("--max-files", metavar="#n", default="10000",
+                   help="the maximum number of files to scan for each container file (default 10000)")
+    p.add_argument("--max-recursion", metavar="#n", default="17",
+                   help="maximum archive recursion level for container file (default 17)")
+    p.add_argument("--max-scantime", metavar="#n", default="120000",
+                   help="scan time longer than this (milliseconds) is cut short (default 120000)")
+    p.add_argument("--scan-archive", nargs="?", const="yes", default="yes", metavar="yes/no",
+                   help="scan archive files (default yes)")
+    p.add_argument("--alert-exceeds-max", nargs="?", const="yes", default="no", metavar="yes/no",
+                   help="alert on files that exceed max file size, max scan size, max files or max recursion")
+    p.add_argument("--alert-encrypted", nargs="?", const="yes", default="no", metavar="yes/no",
+                   help="alert on encrypted archives and documents")
+    p.add_argument("--alert-encrypted-archive", nargs="?", const="yes", default="no", metavar="yes/no",
+                   help="alert on encrypted archives")
     p.add_argument("-z", "--allmatch", action="store_true", help="continue scanning within file after finding a match")
     p.add_argument("--detect-pua", nargs="?", const="yes", default="no", metavar="yes/no",
                    help="detect possibly unwanted applications (loads .hdu/.hsu/.ndu)")
@@ -260,8 +273,21 @@ def _debug_report(db: object, out: Output) -> None:
         out.warn(f"Bastion debug: {count} {kind} line(s) loaded but not enforced yet")
 
 
+def _normalize_optional_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """clamscan's ``--opt[=yes/no]`` options take a value only after ``=``: ``--alert-exceeds-max FILE``
+    scans FILE.  argparse would take FILE as the value, so a bare flag becomes ``--flag=yes``."""
+    optional = {s for a in parser._actions if a.nargs == "?" for s in a.option_strings}
+    out = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return out + argv[i:]
+        out.append(f"{arg}=yes" if arg in optional else arg)
+    return out
+
+
 def run(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(_normalize_optional_values(parser, list(sys.argv[1:] if argv is None else argv)))
     if args.version:
         print(f"ClamAV {CLAMAV_COMPAT_VERSION} (Bastion {__version__})")
         return 0
@@ -283,6 +309,9 @@ def _run(args: argparse.Namespace, out: Output) -> int:
     try:
         max_filesize = parse_size(args.max_filesize) or (1 << 62)
         max_scansize = parse_size(args.max_scansize) or (1 << 62)
+        max_files = int(args.max_files) or (1 << 62)
+        max_recursion = int(args.max_recursion) or (1 << 62)
+        max_scantime = (int(args.max_scantime) / 1000) or float(1 << 40)
         walk_opts = WalkOptions(
             recursive=args.recursive,
             exclude=compile_patterns(args.exclude, "--exclude"),
@@ -308,7 +337,11 @@ def _run(args: argparse.Namespace, out: Output) -> int:
         if unsupported:
             listed = "; ".join(f"{p} ({why})" for p, why in unsupported)
             out.warn(f"WARNING: {len(unsupported)} database file(s) not loaded: {listed}")
-    engine = Engine(db, ScanOptions(allmatch=args.allmatch, max_filesize=max_filesize, max_scansize=max_scansize))
+    engine = Engine(db, ScanOptions(
+        allmatch=args.allmatch, max_filesize=max_filesize, max_scansize=max_scansize, max_files=max_files,
+        max_recursion=max_recursion, max_scantime=max_scantime, scan_archives=_yes(args.scan_archive),
+        alert_exceeds_max=_yes(args.alert_exceeds_max),
+        alert_encrypted=_yes(args.alert_encrypted) or _yes(args.alert_encrypted_archive)))
     targets = list(args.targets)
     if args.file_list:
         try:

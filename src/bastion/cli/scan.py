@@ -89,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip files larger than SIZE (K/M/G suffixes; 0: no limit; default 100M)")
     p.add_argument("--max-scansize", default="400M", metavar="SIZE",
                    help="scan at most SIZE bytes of each file (0: no limit; default 400M)")
+    p.add_argument("--max-files", type=int, default=10_000, metavar="N",
+                   help="scan at most N members of each container file (default 10000)")
+    p.add_argument("--max-recursion", type=int, default=17, metavar="N",
+                   help="open containers nested at most N deep (default 17)")
+    p.add_argument("--no-archives", action="store_true", help="do not look inside archives and compressed files")
+    p.add_argument("--alert-exceeds-max", action="store_true",
+                   help="report files whose scan a limit cut short as Heuristics.Limits.Exceeded.*")
+    p.add_argument("--alert-encrypted", action="store_true",
+                   help="report encrypted archive members as Heuristics.Encrypted.*")
     p.add_argument("--detect-pua", action="store_true",
                    help="also load signatures for possibly unwanted applications")
     p.add_argument("--no-progress", action="store_true", help="never show the progress bar")
@@ -129,12 +138,13 @@ def _result_json(path: str, res: ScanResult) -> dict[str, Any]:
         "sha256": res.sha256,
         "detections": [_detection_json(d, path) for d in res.detections],
         "error": res.error,
+        "limits": res.limits,
     }
 
 
 def _entry_error_json(entry: Entry) -> dict[str, Any]:
     return {"path": entry.path, "verdict": "error", "file_type": None, "size": None, "sha256": None,
-            "detections": [], "error": entry.detail or "cannot be scanned"}
+            "detections": [], "error": entry.detail or "cannot be scanned", "limits": {}}
 
 
 # ------------------------------------------------------------------------------- human output
@@ -311,7 +321,9 @@ def run(argv: list[str] | None = None) -> int:
         for kind, count in sorted(db.report.not_enforced.items()):
             _warn(f"note: {count} {kind} line(s) loaded but not enforced yet")
     engine = Engine(db, ScanOptions(allmatch=args.allmatch, max_filesize=max_filesize,
-                                    max_scansize=max_scansize, want_sha256=args.json))
+                                    max_scansize=max_scansize, want_sha256=args.json, max_files=args.max_files,
+                                    max_recursion=args.max_recursion, scan_archives=not args.no_archives,
+                                    alert_exceeds_max=args.alert_exceeds_max, alert_encrypted=args.alert_encrypted))
     show_progress = not (args.json or args.no_progress) and sys.stderr.isatty()
     human = None if args.json else Human(args.verbose, args.quiet)
     tally = Tally()

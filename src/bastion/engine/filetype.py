@@ -19,6 +19,22 @@ _HTML_MARKERS = (b"<html", b"<body", b"<script", b"<head", b"<!doctype html", b"
 _MAIL_MARKERS = (b"from ", b"received: ", b"return-path: ", b"delivered-to: ", b"x-mailer: ",
                  b"mime-version: ", b"message-id: ")
 
+# Containers and compression layers by their leading bytes (ClamAV's type names)
+_CONTAINER_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x1f\x8b", "CL_TYPE_GZ"),
+    (b"BZh", "CL_TYPE_BZ"),
+    (b"\xfd7zXZ\x00", "CL_TYPE_XZ"),
+    (b"7z\xbc\xaf\x27\x1c", "CL_TYPE_7Z"),
+    (b"Rar!\x1a\x07", "CL_TYPE_RAR"),
+    (b"MSCF\x00\x00\x00\x00", "CL_TYPE_MSCAB"),
+    (b"070701", "CL_TYPE_CPIO_NEWC"),
+    (b"070702", "CL_TYPE_CPIO_CRC"),
+    (b"070707", "CL_TYPE_CPIO_ODC"),
+    (b"\xc7\x71", "CL_TYPE_CPIO_OLD"),
+    (b"\x71\xc7", "CL_TYPE_CPIO_OLD"),
+    (b"xar!", "CL_TYPE_XAR"),
+)
+
 # target type -> the ClamAV types a signature with that target may match (libclamav matcher.h)
 TARGET_TYPES: dict[int, frozenset[str]] = {
     1: frozenset({"CL_TYPE_MSEXE"}),
@@ -74,8 +90,13 @@ def detect_type(data: bytes | memoryview) -> str:
         return "CL_TYPE_TIFF"
     if head.startswith((b"FWS", b"CWS", b"ZWS")):
         return "CL_TYPE_SWF"
-    if head.startswith(b"PK\x03\x04"):
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         return "CL_TYPE_ZIP"
+    for magic, name in _CONTAINER_MAGIC:
+        if head.startswith(magic):
+            return name
+    if head[257:262] == b"ustar":
+        return "CL_TYPE_POSIX_TAR"
     if is_text(head):
         lower = head.lower()
         if any(m in lower for m in _HTML_MARKERS):

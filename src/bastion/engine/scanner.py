@@ -25,8 +25,9 @@ import os
 import re
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, BinaryIO
 
 import hyperscan
@@ -39,6 +40,7 @@ from bastion.engine.normalize import TextNormalizer, normalize_text
 from bastion.engine.verdict import Detection, Evidence, ScanResult
 from bastion.signatures.model import HashKind, HashPurpose
 from bastion.signatures.offsets import EXECUTABLE_ANCHORS, Anchor
+from bastion.unpack.base import LimitExceeded, Unpacker, UnpackLimits, unpacker_for
 
 if TYPE_CHECKING:
     from bastion.formats.executable import ExecutableInfo
@@ -57,12 +59,54 @@ _NORMALIZED_ONLY = frozenset({"CL_TYPE_HTML"})
 
 @dataclass(frozen=True, slots=True)
 class ScanOptions:
-    """Limits use clamscan's names and defaults (``--max-filesize``, ``--max-scansize``)."""
+    """Limits use clamscan's names and defaults (``--max-filesize``, ``--max-scansize``, ``--max-files``,
+    ``--max-recursion``, ``--max-scantime`` in seconds); ``max_ratio`` is Bastion's decompression-ratio
+    bound.  ``scan_archives`` opens containers (clamscan ``--scan-archive``, on by default); the
+    ``alert_*`` switches raise clamscan's ``Heuristics.*`` verdicts."""
 
     allmatch: bool = False
     max_filesize: int = 100 * MiB
     max_scansize: int = 400 * MiB
     want_sha256: bool = False
+    max_files: int = 10_000
+    max_recursion: int = 17
+    max_scantime: float = 120.0
+    max_ratio: int = 250
+    scan_archives: bool = True
+    alert_exceeds_max: bool = False
+    alert_encrypted: bool = False
+
+
+# Heuristics.* names clamscan 1.4.6 prints for an exceeded limit (checked with --alert-exceeds-max)
+LIMIT_ALERTS = {
+    "max-files": "Heuristics.Limits.Exceeded.MaxFiles",
+    "max-recursion": "Heuristics.Limits.Exceeded.MaxRecursion",
+    "max-filesize": "Heuristics.Limits.Exceeded.MaxFileSize",
+    "max-scansize": "Heuristics.Limits.Exceeded.MaxScanSize",
+    "max-scantime": "Heuristics.Limits.Exceeded.MaxScanTime",
+    "max-ratio": "Heuristics.Limits.Exceeded.MaxRatio",  # Bastion's own limit
+}
+ENCRYPTED_ALERTS = {"CL_TYPE_ZIP": "Heuristics.Encrypted.Zip", "CL_TYPE_RAR": "Heuristics.Encrypted.RAR",
+                    "CL_TYPE_7Z": "Heuristics.Encrypted.7Zip"}
+
+
+@dataclass(slots=True)
+class _Budget:
+    """Shared by every object of one scan tree: members scanned, bytes scanned, the deadline."""
+
+    files: int = 0
+    bytes: int = 0
+    deadline: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    """Where an object sits: its depth, its container path, the types of the containers above it."""
+
+    budget: _Budget
+    depth: int = 0
+    path: str = ""
+    parents: tuple[str, ...] = ()
 
 
 _HASHERS: dict[HashKind, Callable[[], hashlib._Hash]] = {
@@ -262,15 +306,17 @@ class Engine:
                 result.size = st.st_size
                 if st.st_size > self.options.max_filesize:
                     result.skipped = "max-filesize"
+                    self._limit(result, "max-filesize")
                     return result
                 if st.st_size <= WHOLE_FILE_LIMIT:
                     buf = self._buffer()
                     got = _read_into(fh, buf[:WHOLE_FILE_LIMIT])
                     data = buf[:got]
-                    self._scan([data], got, result, _Source(got, kept=data))
+                    self._scan([data], got, result, _Source(got, kept=data), self._root_context())
                 else:
                     self._scan(_read_chunks(fh, self._buffer()[:READ_CHUNK]), st.st_size, result,
-                               _Source(st.st_size, path=path, limit=self.options.max_filesize))
+                               _Source(st.st_size, path=path, limit=self.options.max_filesize),
+                               self._root_context())
             return result
         except OSError as exc:
             return self._error(result, exc)
@@ -279,11 +325,25 @@ class Engine:
         result = ScanResult(name=name, size=len(data))
         if len(data) > self.options.max_filesize:
             result.skipped = "max-filesize"
+            self._limit(result, "max-filesize")
             return result
         view = memoryview(data)
         chunks = (view[i:i + READ_CHUNK] for i in range(0, len(view), READ_CHUNK))
-        self._scan(chunks, len(view), result, _Source(len(view), kept=view))
+        self._scan(chunks, len(view), result, _Source(len(view), kept=view), self._root_context())
         return result
+
+    def _root_context(self) -> _Context:
+        return _Context(_Budget(deadline=time.monotonic() + self.options.max_scantime))
+
+    def _limit(self, result: ScanResult, limit: str, detail: str = "") -> None:
+        """Record an exceeded limit (once per name); with ``alert_exceeds_max`` it is also a verdict."""
+        if limit in result.limits:
+            return
+        result.limits[limit] = detail
+        name = LIMIT_ALERTS.get(limit)
+        if name and self.options.alert_exceeds_max:
+            result.detections.append(Detection(name, Evidence(kind="heuristic", source="limits", line=0,
+                                                              db_version=self.db.version, pattern=detail)))
 
     @staticmethod
     def _error(result: ScanResult, exc: OSError) -> ScanResult:
@@ -300,7 +360,7 @@ class Engine:
         return sorted(kinds, key=_KIND_ORDER.__getitem__)
 
     def _scan(self, chunks: Iterator[memoryview] | list[memoryview], expected_size: int, result: ScanResult,
-              source: _Source) -> None:
+              source: _Source, ctx: _Context) -> None:
         """One pass over the chunks: hashes and Hyperscan streams; then confirm, look up, allow."""
         opts = self.options
         if 0 < expected_size <= TOO_SMALL:
@@ -342,7 +402,13 @@ class Engine:
         if self._import_tables and views is not None and ftype == "CL_TYPE_MSEXE" and (opts.allmatch or not found):
             self._match_imports(views, found)
         if self._logical is not None and views is not None and (opts.allmatch or not found):
-            self._evaluate_logical(views, ObjectFacts(size, ftype), found)
+            facts = ObjectFacts(size, ftype, ctx.parents[-1] if ctx.parents else "CL_TYPE_ANY", ctx.parents)
+            self._evaluate_logical(views, facts, found)
+        if opts.scan_archives and size and (opts.allmatch or not found):
+            unpacker = unpacker_for(ftype)
+            if unpacker is not None:
+                data = source.kept[:size] if source.kept is not None else memoryview(source.whole())
+                self._scan_children(unpacker, data, ftype, result, ctx)
         if found:
             self._apply_allow_lists(result, digests, size)
         if opts.want_sha256:
@@ -377,6 +443,69 @@ class Engine:
         if streams is None:
             result.file_type = detect_type(b"")
         return size
+
+    def _scan_children(self, unpacker: Unpacker, data: memoryview, ftype: str, result: ScanResult,
+                       ctx: _Context) -> None:
+        """Scan every member of a container through the whole engine, within the scan's limits."""
+        opts = self.options
+        deeper = ctx.depth + (1 if unpacker.counts_as_level else 0)
+        # compression layers do not count as levels (as in clamscan), but a gzip of a gzip of ... is
+        # still bounded: at most as many compression layers again as levels
+        if deeper >= opts.max_recursion or len(ctx.parents) >= 2 * opts.max_recursion:
+            self._limit(result, "max-recursion", f"{ctx.path or result.name}: nested deeper than {opts.max_recursion}")
+            return
+        budget = ctx.budget
+        limits = UnpackLimits(max_files=opts.max_files, max_recursion=opts.max_recursion,
+                              max_scansize=opts.max_scansize, max_filesize=opts.max_filesize, max_ratio=opts.max_ratio)
+        path = ctx.path or result.name
+        found = result.detections
+        children = unpacker.children(data, path, limits)
+        try:
+            for child in children:
+                if isinstance(child, LimitExceeded):
+                    self._problem(result, child.limit, child.detail, ftype)
+                    continue
+                if time.monotonic() > budget.deadline:
+                    self._limit(result, "max-scantime", f"{path}: scan took longer than {opts.max_scantime:g} s")
+                    return
+                budget.files += 1
+                if budget.files > opts.max_files:
+                    self._limit(result, "max-files", f"{path}: more than {opts.max_files} members scanned")
+                    return
+                if budget.bytes + len(child.data) > opts.max_scansize:
+                    self._limit(result, "max-scansize", f"{path}: more than {opts.max_scansize} bytes scanned")
+                    return
+                budget.bytes += len(child.data)
+                sub = ScanResult(name=child.container_path, size=len(child.data))
+                view = memoryview(child.data)
+                chunks = (view[i:i + READ_CHUNK] for i in range(0, len(view), READ_CHUNK))
+                sub_ctx = _Context(budget, deeper, child.container_path, (*ctx.parents, ftype))
+                self._scan(chunks, len(view), sub, _Source(len(view), kept=view), sub_ctx)
+                for det in sub.detections:
+                    ev = det.evidence
+                    found.append(Detection(det.name, ev if ev.container_path else
+                                           replace(ev, container_path=child.container_path)))
+                for limit, detail in sub.limits.items():
+                    result.limits.setdefault(limit, detail)
+                if found and not opts.allmatch:
+                    return
+        finally:
+            close = getattr(children, "close", None)
+            if close is not None:
+                close()
+
+    def _problem(self, result: ScanResult, kind: str, detail: str, ftype: str) -> None:
+        """A member the unpacker could not hand over: a limit, encryption, or damage."""
+        if kind in LIMIT_ALERTS:
+            self._limit(result, kind, detail)
+            return
+        result.limits.setdefault(kind, detail)
+        if kind != "encrypted" or not self.options.alert_encrypted:
+            return
+        name = ENCRYPTED_ALERTS.get(ftype, "Heuristics.Encrypted.Archive")
+        if not any(d.name == name for d in result.detections):
+            result.detections.append(Detection(name, Evidence(kind="heuristic", source=kind, line=0,
+                                                              db_version=self.db.version, pattern=detail)))
 
     def _apply_allow_lists(self, result: ScanResult, digests: dict[HashKind, bytes], size: int) -> None:
         for kind, table in self._allow_tables:

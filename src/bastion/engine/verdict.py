@@ -43,7 +43,9 @@ class ScanResult:
 
     ``error`` is set (and ``errno`` when the OS gave one) when the object could not be scanned;
     ``skipped`` names the limit that made the engine leave the object unscanned (as clamscan does
-    for files over --max-filesize).
+    for files over --max-filesize); ``limits`` maps every limit that cut the scan short, and every
+    member an unpacker could not open (``encrypted``, ``unsupported``, ``broken``), to a detail.
+    Detections found inside containers carry the member's ``container_path`` in their evidence.
     """
 
     name: str
@@ -56,6 +58,7 @@ class ScanResult:
     skipped: str | None = None
     bytes_scanned: int = 0
     allowed_by: str | None = None
+    limits: dict[str, str] = field(default_factory=dict)
 
     @property
     def infected(self) -> bool:

@@ -3,8 +3,9 @@
 An unpacker plug-in recognises a container type and yields its members as :class:`ChildObject`
 values, each with its path inside the container (``mail.eml!invoice.zip!doc.docm``).  The engine
 feeds children back through itself.  Plug-ins stream and honour :class:`UnpackLimits`; a limit that
-is reached is reported as data (``LimitExceeded``), never as a crash.  This issue defines the
-interface only; the archive, document and executable plug-ins come with the unpacking issue.
+is reached is reported as data (``LimitExceeded``), never as a crash.  Plug-ins live beside this
+module (``compressed.py``, ``archive.py``, ...) and register themselves when :func:`load_plugins` imports
+them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ class UnpackLimits:
     max_recursion: int = 17
     max_scansize: int = 400 * MiB
     max_filesize: int = 100 * MiB
+    # Bastion's own bound (ClamAV has none): a member may not decompress to more than max_ratio times
+    # its compressed size, once it is larger than min_ratio_bytes
+    max_ratio: int = 250
+    min_ratio_bytes: int = 1 * MiB
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +54,8 @@ class Unpacker(Protocol):
 
     #: ClamAV type names this plug-in opens, e.g. ``{"CL_TYPE_ZIP"}``
     handles: frozenset[str]
+    #: whether its children are one level of recursion deeper (a compression layer is not)
+    counts_as_level: bool
 
     def children(self, data: bytes | memoryview, container_path: str,
                  limits: UnpackLimits) -> Iterator[ChildObject | LimitExceeded]:
@@ -64,7 +71,20 @@ def register(unpacker: Unpacker) -> None:
     _REGISTRY.append(unpacker)
 
 
+_LOADED = False
+
+
+def load_plugins() -> None:
+    """Import the plug-in modules (each registers itself); cheap after the first call."""
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    from bastion.unpack import archive, compressed  # noqa: F401 - imported for their registration
+
+
 def unpacker_for(file_type: str) -> Unpacker | None:
+    load_plugins()
     for unpacker in _REGISTRY:
         if file_type in unpacker.handles:
             return unpacker

@@ -1,0 +1,101 @@
+"""Archives through libarchive (python binding ``libarchive-c``): zip, 7z, tar (every variant), cpio
+(newc, crc, odc, old binary), cab, rar, iso9660, xar, lha.
+
+libarchive was chosen over Python's ``zipfile``/``tarfile`` because one well-kept C library reads
+all of these formats, streams each entry in blocks (so limits are enforced while reading, not after),
+and never touches the disk: archives are read from memory and members stay in memory.  Entry names
+are only labels in the container path: nothing is ever written under them, so ``../`` and absolute
+names cannot escape anything; symlinks, hardlinks and devices have no content and are skipped.
+
+libarchive is C code parsing hostile input, and the test corpus found inputs that crash it
+(a corrupted cabinet segfaults libarchive 3.6.2): so it never runs in the scanning process.
+:mod:`bastion.unpack.sandbox` runs it in a separate worker process with no right to write files,
+a memory cap and a time limit; a crash there is reported as "broken" and the worker restarted.
+
+Per member: at most ``max_filesize`` bytes (then "max-filesize") and ``max_ratio`` times its
+compressed share; entries that libarchive cannot decode (encrypted, an unsupported method such as
+zip's implode or deflate64) are reported ("encrypted", "unsupported") and the rest go on.  A corrupt
+or truncated archive yields the members read so far and "broken".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from bastion.unpack.base import ChildObject, LimitExceeded, UnpackLimits, register
+
+# The archive formats this plug-in opens, by ClamAV type name (engine/filetype.py types them).
+ARCHIVE_TYPES = frozenset({
+    "CL_TYPE_ZIP", "CL_TYPE_7Z", "CL_TYPE_POSIX_TAR", "CL_TYPE_OLD_TAR", "CL_TYPE_CPIO_OLD", "CL_TYPE_CPIO_ODC",
+    "CL_TYPE_CPIO_NEWC", "CL_TYPE_CPIO_CRC", "CL_TYPE_MSCAB", "CL_TYPE_RAR", "CL_TYPE_ISO9660", "CL_TYPE_XAR",
+    "CL_TYPE_LHA_LZH",
+})
+# libarchive's format names for each type (narrowing the bidders: a zip is not tried as a tar)
+_FORMATS = {
+    "CL_TYPE_ZIP": "zip", "CL_TYPE_7Z": "7zip", "CL_TYPE_POSIX_TAR": "tar", "CL_TYPE_OLD_TAR": "tar",
+    "CL_TYPE_CPIO_OLD": "cpio", "CL_TYPE_CPIO_ODC": "cpio", "CL_TYPE_CPIO_NEWC": "cpio", "CL_TYPE_CPIO_CRC": "cpio",
+    "CL_TYPE_MSCAB": "cab", "CL_TYPE_RAR": "rar", "CL_TYPE_ISO9660": "iso9660", "CL_TYPE_XAR": "xar",
+    "CL_TYPE_LHA_LZH": "lha",
+}
+
+
+class ArchiveUnpacker:
+    handles = ARCHIVE_TYPES
+    counts_as_level = True
+
+    def children(self, data: bytes | memoryview, container_path: str,
+                 limits: UnpackLimits) -> Iterator[ChildObject | LimitExceeded]:
+        from bastion.unpack.sandbox import run_sandboxed
+
+        return run_sandboxed(data, container_path, limits)
+
+
+def read_archive(data: bytes | memoryview, container_path: str,
+                 limits: UnpackLimits) -> Iterator[ChildObject | LimitExceeded]:
+    """The members of an archive, read with libarchive in *this* process (the sandbox worker's job)."""
+    try:
+        import libarchive
+        from libarchive.exception import ArchiveError
+    except (ImportError, OSError) as exc:  # the shared library is missing
+        yield LimitExceeded("unsupported", f"libarchive is not available: {exc}")
+        return
+    blob = bytes(data)
+    cap = limits.max_filesize
+    ratio_cap = max(limits.min_ratio_bytes, limits.max_ratio * len(blob))
+    count = 0
+    try:
+        with libarchive.memory_reader(blob) as archive:
+            for entry in archive:
+                if not entry.isfile:
+                    continue  # directories, links, devices: no content of their own
+                count += 1
+                if count > limits.max_files:
+                    yield LimitExceeded("max-files", f"more than {limits.max_files} members")
+                    return
+                name = (entry.pathname or f"member{count}").lstrip("/") or f"member{count}"
+                out = bytearray()
+                problem = None
+                try:
+                    for block in entry.get_blocks():
+                        out += block
+                        if len(out) > cap:
+                            problem = LimitExceeded("max-filesize", f"{name}: larger than {cap} bytes")
+                            break
+                        if len(out) > ratio_cap:
+                            problem = LimitExceeded("max-ratio", f"{name}: ratio above {limits.max_ratio}")
+                            break
+                except ArchiveError as exc:
+                    text = str(exc)
+                    kind = "encrypted" if "ncrypt" in text or "assphrase" in text else \
+                        "unsupported" if "Unsupported" in text else "broken"
+                    yield LimitExceeded(kind, f"{name}: {text.split(' (errno')[0]}")
+                    continue
+                if problem is not None:
+                    yield problem
+                    continue
+                yield ChildObject(bytes(out), name, f"{container_path}!{name}")
+    except ArchiveError as exc:
+        yield LimitExceeded("broken", str(exc).split(" (errno")[0])
+
+
+register(ArchiveUnpacker())
