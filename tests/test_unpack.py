@@ -281,3 +281,38 @@ def test_bomb_in_a_real_process_stays_within_memory(tmp_path: Path) -> None:
     assert elapsed < 60
     # default limits: at most one 100 MiB member in memory at a time, 400 MiB scanned in all
     assert max(peak_kib, before) < 700 * 1024, f"peak RSS {peak_kib // 1024} MiB"
+
+
+# ---------------------------------------------------------------- mail
+def mime_mail(attachments: dict[str, bytes], body: str = "Hello, see attached.") -> bytes:
+    from email.message import EmailMessage
+
+    msg = EmailMessage()
+    msg["From"] = "sender@example.com"
+    msg["To"] = "rcpt@example.com"
+    msg["Subject"] = "invoice"
+    msg.set_content(body)
+    for name, data in attachments.items():
+        msg.add_attachment(data, maintype="application", subtype="octet-stream", filename=name)
+    return msg.as_bytes()
+
+
+def test_mail_attachments_and_nested_archives(db) -> None:  # noqa: ANN001
+    mail = mime_mail({"invoice.zip": zip_of({"doc.txt": INFECTED})})
+    result = scan(db, mail)
+    assert result.file_type == "CL_TYPE_MAIL"
+    assert [d.evidence.container_path for d in result.detections] == ["sample!invoice.zip!doc.txt"]
+
+
+def test_mbox_quoted_printable_and_uuencode(db) -> None:  # noqa: ANN001
+    import binascii
+
+    uu = b"begin 644 note.txt\n" + b"".join(binascii.b2a_uu(INFECTED[i:i + 45]) for i in range(0, len(INFECTED), 45))
+    uu += b"`\nend\n"
+    mbox = (b"From a@b Mon Jan  1 00:00:00 2024\nFrom: a@b\nSubject: one\n\nclean text\n\n"
+            b"From c@d Mon Jan  1 00:00:00 2024\nFrom: c@d\nSubject: two\n\n" + uu)
+    result = scan(db, mbox)
+    assert [d.evidence.container_path for d in result.detections] == ["sample!message2/part2/note.txt"]
+    qp = (b"From: a@b\nTo: c@d\nMIME-Version: 1.0\nContent-Type: text/plain\n"
+          b"Content-Transfer-Encoding: quoted-printable\n\nsome text BASTION-TEST-=\nCANARY-7f3a9c1e more\n")
+    assert scan(db, qp).detections

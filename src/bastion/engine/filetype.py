@@ -18,6 +18,10 @@ _HTML_MARKERS = (b"<html", b"<body", b"<script", b"<head", b"<!doctype html", b"
                  b"<a href", b"<form", b"<title", b"<img", b"<div", b"<style")
 _MAIL_MARKERS = (b"from ", b"received: ", b"return-path: ", b"delivered-to: ", b"x-mailer: ",
                  b"mime-version: ", b"message-id: ")
+# Headers a message may start with, that plain text may start with too: mail only if another header
+# line follows
+_MAIL_FIRST = (b"from: ", b"to: ", b"subject: ", b"date: ")
+_MAIL_MORE = (b"\nfrom: ", b"\nto: ", b"\nsubject: ", b"\nmime-version: ", b"\ncontent-type: ", b"\nmessage-id: ")
 
 # Containers and compression layers by their leading bytes (ClamAV's type names)
 _CONTAINER_MAGIC: tuple[tuple[bytes, str], ...] = (
@@ -101,7 +105,7 @@ def detect_type(data: bytes | memoryview) -> str:
         lower = head.lower()
         if any(m in lower for m in _HTML_MARKERS):
             return "CL_TYPE_HTML"
-        if lower.startswith(_MAIL_MARKERS):
+        if lower.startswith(_MAIL_MARKERS) or (lower.startswith(_MAIL_FIRST) and any(m in lower for m in _MAIL_MORE)):
             return "CL_TYPE_MAIL"
         return "CL_TYPE_TEXT_ASCII"
     return "CL_TYPE_BINARY_DATA"

@@ -80,7 +80,7 @@ def load_plugins() -> None:
     if _LOADED:
         return
     _LOADED = True
-    from bastion.unpack import archive, compressed  # noqa: F401 - imported for their registration
+    from bastion.unpack import archive, compressed, mail  # noqa: F401 - imported for their registration
 
 
 def unpacker_for(file_type: str) -> Unpacker | None:
