@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from bastion import CLAMAV_COMPAT_VERSION, __version__
-from bastion.cli.common import SignatureError, compile_patterns, load_database, parse_size
+from bastion.cli.common import SignatureError, compile_patterns, load_database, load_warnings, parse_size
 from bastion.cli.runner import default_jobs, scan_entries
 from bastion.cli.walker import Entry, Kind, WalkOptions, walk
 from bastion.engine import Engine, ScanOptions, ScanResult
@@ -265,6 +265,8 @@ def _debug_report(db: object, out: Output) -> None:
         out.warn(f"Bastion debug: loaded {path}")
     for path, why in rep.skipped_files:
         out.warn(f"Bastion debug: not loaded {path}: {why}")
+    for path, line, reason in rep.yara_errors:
+        out.warn(f"Bastion debug: YARA file {path}:{line} left out: {reason}")
     out.warn(f"Bastion debug: {db.signature_count} signatures; skipped by functionality level "
              f"{rep.skipped_by_flevel}, by target type {rep.skipped_by_target}, ignored by name "
              f"{rep.ignored_by_name}, macro members {rep.macro_members}; body matcher modes "
@@ -333,10 +335,8 @@ def _run(args: argparse.Namespace, out: Output) -> int:
     if args.debug:
         _debug_report(db, out)
     elif not args.quiet:
-        unsupported = [(p, why) for p, why in db.report.skipped_files if not why.startswith("PUA")]
-        if unsupported:
-            listed = "; ".join(f"{p} ({why})" for p, why in unsupported)
-            out.warn(f"WARNING: {len(unsupported)} database file(s) not loaded: {listed}")
+        for line in load_warnings(db):
+            out.warn(f"WARNING: {line}")
     engine = Engine(db, ScanOptions(
         allmatch=args.allmatch, max_filesize=max_filesize, max_scansize=max_scansize, max_files=max_files,
         max_recursion=max_recursion, max_scantime=max_scantime, scan_archives=_yes(args.scan_archive),

@@ -30,9 +30,22 @@ def compile_patterns(patterns: list[str], option: str) -> list[re.Pattern[str]]:
     return out
 
 
-def load_database(paths: list[str] | None, pua: bool = False) -> Database:
+def load_database(paths: list[str] | None, pua: bool = False, rules: list[str] | None = None,
+                  yara_strict: bool = False) -> Database:
     """Load or fail with :class:`SignatureError` (``file:line: reason``); never a partial database."""
-    return open_database(paths or None, pua=pua)
+    return open_database(paths or None, pua=pua, rules=rules, yara_strict=yara_strict)
+
+
+def load_warnings(db: Database) -> list[str]:
+    """What a front end should tell about the load: files left out, lines not enforced, YARA errors."""
+    out = []
+    unsupported = [(p, why) for p, why in db.report.skipped_files if not why.startswith("PUA")]
+    if unsupported:
+        listed = "; ".join(f"{p} ({why})" for p, why in unsupported)
+        out.append(f"{len(unsupported)} database file(s) not loaded: {listed}")
+    for path, line, reason in db.report.yara_errors:
+        out.append(f"YARA rules in {path}:{line} rejected by yara-x and left out: {reason}")
+    return out
 
 
 __all__ = ["Database", "SignatureError", "compile_patterns", "load_database", "parse_size"]

@@ -39,7 +39,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from bastion.cli.common import SignatureError, compile_patterns, load_database, parse_size
+from bastion.cli.common import SignatureError, compile_patterns, load_database, load_warnings, parse_size
 from bastion.cli.runner import default_jobs, scan_entries
 from bastion.cli.walker import Entry, Kind, WalkOptions, walk
 from bastion.database.compiled import Database
@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip files larger than SIZE (K/M/G suffixes; 0: no limit; default 100M)")
     p.add_argument("--max-scansize", default="400M", metavar="SIZE",
                    help="scan at most SIZE bytes of each file (0: no limit; default 400M)")
+    p.add_argument("--rules", action="append", default=[], metavar="PATH",
+                   help="YARA rule file or directory (recursive) to use on top of the database (repeatable)")
+    p.add_argument("--yara-strict", action="store_true",
+                   help="stop if a YARA file does not compile (default: report it and load the rest)")
     p.add_argument("--max-files", type=int, default=10_000, metavar="N",
                    help="scan at most N members of each container file (default 10000)")
     p.add_argument("--max-recursion", type=int, default=17, metavar="N",
@@ -120,6 +124,17 @@ def _detection_json(det: Detection, path: str) -> dict[str, Any]:
         "db_version": ev.db_version,
         "container_path": ev.container_path or path,
         **({"subsig_counts": list(ev.subsig_counts)} if ev.kind == "logical" else {}),
+        **({"yara": _yara_json(ev.meta)} if ev.kind == "yara" else {}),
+    }
+
+
+def _yara_json(meta: tuple[tuple[str, object], ...]) -> dict[str, Any]:
+    info = dict(meta)
+    return {
+        "namespace": info.get("namespace"),
+        "tags": list(info.get("tags", ())),  # type: ignore[call-overload]
+        "metadata": {k: v for k, v in info.get("metadata", ())},  # type: ignore[attr-defined]
+        "strings": {ident: list(offs) for ident, offs in info.get("strings", ())},  # type: ignore[attr-defined]
     }
 
 
@@ -164,6 +179,8 @@ def _evidence_text(det: Detection, path: str) -> str:
         what = f"body @ {word} {', '.join(str(o) for o in ev.offsets)}"
         if ev.normalized:
             what += " of the normalized text"
+    elif ev.kind == "yara":
+        what = "YARA rule" + (f" @ offsets {', '.join(str(o) for o in ev.offsets[:4])}" if ev.offsets else "")
     elif ev.kind == "logical":
         fired = sum(1 for c in ev.subsig_counts if c)
         what = f"logical, {fired} of {len(ev.subsig_counts)} subsignatures matched"
@@ -309,15 +326,13 @@ def run(argv: list[str] | None = None) -> int:
         _warn(f"error: {exc}")
         return 2
     try:
-        db = load_database(args.database, pua=args.detect_pua)
+        db = load_database(args.database, pua=args.detect_pua, rules=args.rules, yara_strict=args.yara_strict)
     except SignatureError as exc:
         _warn(f"error: {exc}")
         return 2
     if not args.quiet:
-        unsupported = [(p, why) for p, why in db.report.skipped_files if not why.startswith("PUA")]
-        if unsupported:
-            listed = "; ".join(f"{p} ({why})" for p, why in unsupported)
-            _warn(f"warning: {len(unsupported)} database file(s) not loaded: {listed}")
+        for line in load_warnings(db):
+            _warn(f"warning: {line}")
         for kind, count in sorted(db.report.not_enforced.items()):
             _warn(f"note: {count} {kind} line(s) loaded but not enforced yet")
     engine = Engine(db, ScanOptions(allmatch=args.allmatch, max_filesize=max_filesize,

@@ -9,6 +9,7 @@ Layout of one cached database (a directory named after its cache key)::
     logical.*                     logical signatures (database/logicmatcher.py)
     filetypes.marshal             .ftm file type magic (plain tuples)
     containers.marshal            .cdb container metadata rules (plain tuples)
+    yara.rules / yara.index.json  YARA rules compiled by yara-x (database/yararules.py)
 
 The cache key is a digest of Bastion's version, the functionality level, the options that change
 what loads (PUA) and every input file's path, role and SHA-256, so editing a signature file, adding
@@ -28,10 +29,12 @@ from bastion import FUNCTIONALITY_LEVEL, __version__
 from bastion.database.bodymatcher import BodyMatcher
 from bastion.database.hashtable import HashTable
 from bastion.database.logicmatcher import LogicMatcher
+from bastion.database.yararules import YaraRules
+from bastion.signatures.errors import SignatureError
 from bastion.signatures.loader import Discovery, default_database_paths, discover, file_digest, parse_sources
 from bastion.signatures.model import ContainerRule, FileTypeMagic, HashKind, HashPurpose, LoadReport, SignatureSet
 
-FORMAT_VERSION = 7
+FORMAT_VERSION = 8
 CACHE_DIR_ENV = "BASTION_CACHE_DIR"
 # Compiled databases kept in the cache besides the one in use (oldest are removed).
 CACHE_KEEP = 4
@@ -61,6 +64,7 @@ class Database:
     body_signatures: int = 0
     filetypes: list[FileTypeMagic] = field(default_factory=list)
     container_rules: list[ContainerRule] = field(default_factory=list)
+    yara: YaraRules | None = None
     path: str | None = None
     load_seconds: float = 0.0
     from_cache: bool = False
@@ -70,7 +74,7 @@ class Database:
     def signature_count(self) -> int:
         """Signatures that can alert (``Known viruses`` in clamscan's summary)."""
         hashes = sum(len(t) for (_, p), t in self.hash_tables.items() if p is not HashPurpose.ALLOW)
-        return hashes + self.body_signatures + len(self.logical)
+        return hashes + self.body_signatures + len(self.logical) + (self.yara.count if self.yara else 0)
 
     def table(self, kind: HashKind, purpose: HashPurpose) -> HashTable | None:
         return self.hash_tables.get((kind, purpose))
@@ -90,6 +94,7 @@ class Database:
             body_signatures=sum(1 for b in sigset.bodies if b.lsig < 0),
             filetypes=list(sigset.filetypes),
             container_rules=list(sigset.container_rules),
+            yara=YaraRules.build(sigset.yara),
         )
 
     def save(self, directory: str) -> None:
@@ -100,6 +105,8 @@ class Database:
         with open(os.path.join(directory, "filetypes.marshal"), "wb") as fh:
             fh.write(marshal.dumps([(m.kind, m.offset, m.magic, m.text, m.name, m.rtype, m.ftype, m.source_index,
                                      m.line) for m in self.filetypes]))
+        if self.yara is not None:
+            self.yara.save(directory)
         with open(os.path.join(directory, "containers.marshal"), "wb") as fh:
             fh.write(marshal.dumps([(r.name, r.container_type, r.container_size, r.name_regex, r.size_in_container,
                                      r.real_size, r.encrypted, r.position, r.source_index, r.line)
@@ -122,6 +129,7 @@ class Database:
                 "macro_members": self.report.macro_members,
                 "skipped_by_condition": self.report.skipped_by_condition,
                 "not_enforced": self.report.not_enforced,
+                "yara_errors": self.report.yara_errors,
             },
         }
         with open(os.path.join(directory, "manifest.json"), "w", encoding="utf-8") as fh:
@@ -147,6 +155,7 @@ class Database:
             macro_members=rep["macro_members"],
             skipped_by_condition=rep["skipped_by_condition"],
             not_enforced=rep["not_enforced"],
+            yara_errors=[tuple(e) for e in rep["yara_errors"]],
         )
         with open(os.path.join(directory, "filetypes.marshal"), "rb") as fh:
             filetypes = [FileTypeMagic(*row) for row in marshal.loads(fh.read())]
@@ -162,6 +171,7 @@ class Database:
             body_signatures=manifest["body_signatures"],
             filetypes=filetypes,
             container_rules=container_rules,
+            yara=YaraRules.load(directory),
             path=directory,
             from_cache=True,
         )
@@ -244,19 +254,30 @@ class DigestMemo:
             pass  # a read-only cache only costs speed
 
 
-def open_database(paths: list[str] | None = None, *, pua: bool = False, use_cache: bool = True) -> Database:
+def open_database(paths: list[str] | None = None, *, pua: bool = False, use_cache: bool = True,
+                  rules: list[str] | None = None, yara_strict: bool = False) -> Database:
     """Load the database for ``-d`` paths (or the default one), compiling it only if not cached.
 
-    Raises :class:`bastion.signatures.errors.SignatureError` for a bad source: no partial database is
-    ever returned or cached.
+    ``rules`` adds YARA files or rule trees (``bastion scan --rules``).  Raises
+    :class:`bastion.signatures.errors.SignatureError` for a bad source: no partial database is ever
+    returned or cached (a YARA file yara-x rejects is left out and reported, unless ``yara_strict``).
     """
+    db = _open_database(paths, pua, use_cache, rules or [], yara_strict)
+    if yara_strict and db.report.yara_errors:
+        path, line, reason = db.report.yara_errors[0]
+        raise SignatureError(path, line, f"YARA: {reason}")
+    return db
+
+
+def _open_database(paths: list[str] | None, pua: bool, use_cache: bool, rules: list[str],
+                   yara_strict: bool) -> Database:
     started = time.perf_counter()
     official = False
     if not paths:
         paths, official = default_database_paths()
     root = cache_dir()
     memo = DigestMemo(root) if use_cache else None
-    discovery = discover(list(paths), pua=pua, official=official, digest=memo)
+    discovery = discover(list(paths), pua=pua, official=official, digest=memo, rules=rules)
     if memo is not None:
         memo.save()
     key = cache_key(discovery, pua)
@@ -268,7 +289,7 @@ def open_database(paths: list[str] | None = None, *, pua: bool = False, use_cach
             return db
         except (OSError, ValueError, KeyError, EOFError, TypeError):
             _remove_tree(final)  # a damaged cache entry is rebuilt
-    sigset = parse_sources(discovery)
+    sigset = parse_sources(discovery, yara_strict=yara_strict)
     db = Database.compile(sigset, key)
     if use_cache:
         from bastion.database.atomic import publish_directory

@@ -256,6 +256,7 @@ class Engine:
         self._regex_cache: dict[int, re.Pattern[bytes]] = {}
         self._logical = LogicalEvaluator(db.logical) if len(db.logical) else None
         self._type = FileTyper(db.filetypes)
+        self._yara = db.yara
         tables = db.hash_tables.items()
         self._detect_tables = sorted(((k, t) for (k, p), t in tables if p is HashPurpose.DETECT and len(t)),
                                      key=lambda kt: _KIND_ORDER[kt[0]])
@@ -404,6 +405,9 @@ class Engine:
         if self._logical is not None and views is not None and (opts.allmatch or not found):
             facts = ObjectFacts(size, ftype, ctx.parents[-1] if ctx.parents else "CL_TYPE_ANY", ctx.parents)
             self._evaluate_logical(views, facts, found)
+        if self._yara is not None and size and (opts.allmatch or not found):
+            data = source.kept[:size] if source.kept is not None else memoryview(source.whole())
+            self._match_yara(data[: opts.max_scansize], ftype, result, ctx)
         if opts.scan_archives and size and (opts.allmatch or not found):
             unpacker = unpacker_for(ftype)
             if unpacker is not None:
@@ -569,6 +573,45 @@ class Engine:
                         db_version=self.db.version, offsets=(section.raw_offset,), pattern=f"section {index}")))
                     if not self.options.allmatch:
                         return
+
+    def _yara_scanner(self) -> object:
+        scanner = getattr(self._local, "yara", None)
+        if scanner is None:
+            import yara_x
+
+            assert self._yara is not None
+            scanner = self._local.yara = yara_x.Scanner(self._yara.rules())
+            scanner.set_timeout(max(1, int(self.options.max_scantime)))
+        return scanner
+
+    def _match_yara(self, data: memoryview, ftype: str, result: ScanResult, ctx: _Context) -> None:
+        """YARA rules (yara-x) with the external variables of this object (signatures/yara.py)."""
+        found = result.detections
+        name = result.name
+        from bastion.signatures.yara import yara_externals
+
+        assert self._yara is not None
+        scanner = self._yara_scanner()
+        for key, value in yara_externals(name, ftype, inside=bool(ctx.parents)).items():
+            scanner.set_global(key, value)  # type: ignore[attr-defined]
+        try:
+            results = scanner.scan(bytes(data))  # type: ignore[attr-defined]
+        except Exception as exc:  # yara_x.TimeoutError / ScanError: reported, never fatal
+            limit = "max-scantime" if "imeout" in type(exc).__name__ else "yara-error"
+            result.limits.setdefault(limit, f"YARA: {exc}")
+            return
+        for rule in results.matching_rules:
+            source_index, line = self._yara.source_of(rule.namespace, rule.identifier)
+            source = self.db.sources[source_index]
+            strings = tuple((p.identifier, tuple(m.offset for m in p.matches)) for p in rule.patterns if p.matches)
+            offsets = tuple(sorted({o for _, offs in strings for o in offs}))[:64]
+            printed = f"YARA.{rule.identifier}" + ("" if source.official else ".UNOFFICIAL")
+            found.append(Detection(printed, Evidence(
+                kind="yara", source=source.path, line=line, db_version=self.db.version, offsets=offsets,
+                pattern=f"rule {rule.identifier}", meta=(("namespace", rule.namespace), ("tags", tuple(rule.tags)),
+                                                       ("metadata", tuple(rule.metadata)), ("strings", strings)))))
+            if not self.options.allmatch:
+                return
 
     def _match_imports(self, views: _Views, found: list[Detection]) -> None:
         """``.imp``: the hash of the PE import table text (:mod:`bastion.formats.pe_imports`)."""

@@ -14,7 +14,8 @@ class Evidence:
 
     ``kind``: ``hash.md5`` / ``hash.sha1`` / ``hash.sha256`` (whole-object hash), ``body`` (byte
     pattern) or ``logical`` (an ``.ldb`` signature: ``pattern`` is its whole line, ``offsets`` the first
-    match of each subsignature that matched, ``subsig_counts`` how often each subsignature matched).
+    match of each subsignature that matched, ``subsig_counts`` how often each subsignature matched)
+    or ``yara`` (a YARA rule: ``offsets`` are its strings' match offsets, ``meta`` the rest).
     ``source`` and ``line`` locate the signature's text; ``offsets`` are start offsets of
     the match in the scanned buffer (``normalized`` tells whether that buffer was the normalized
     text of the object rather than its bytes); ``pattern`` is the signature as written.
@@ -29,6 +30,9 @@ class Evidence:
     pattern: str = ""
     container_path: str = ""
     subsig_counts: tuple[int, ...] = ()
+    # kind "yara": (("namespace", str), ("tags", (str, ...)), ("metadata", ((key, value), ...)),
+    # ("strings", ((identifier, (offset, ...)), ...)))
+    meta: tuple[tuple[str, object], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,12 +30,13 @@ SUPPORTED: dict[str, tuple[str, bool]] = {
     ".cdb": ("cdb", False),
     ".pdb": ("pdb", False), ".wdb": ("wdb", False), ".gdb": ("gdb", False),
     ".cfg": ("cfg", False), ".info": ("info", False),
+    ".yar": ("yara", False), ".yara": ("yara", False),
     ".ign": ("ignore", False), ".ign2": ("ignore", False),
 }
 # Formats ClamAV reads that Bastion does not read yet: reported by name at load.
 NOT_YET_SUPPORTED = frozenset({
     ".idb", ".cbc", ".crb",
-    ".yar", ".yara", ".pwdb", ".cvd", ".cld", ".cud", ".cat",
+    ".pwdb", ".cvd", ".cld", ".cud", ".cat",
     ".db", ".sdb", ".zmd", ".rmd", ".ioc",
 })
 NEVER_A_DATABASE = frozenset({".sign", ".cdiff", ".dat", ".txt", ".md"})
@@ -108,13 +109,27 @@ def default_database_paths() -> tuple[list[str], bool]:
 Digester = Callable[[str], str]
 
 
+def _rule_files(given: str) -> list[str]:
+    """``--rules``: a YARA file, or every ``.yar``/``.yara`` file under a directory (recursively,
+    sorted: public rule sets are trees)."""
+    if os.path.isfile(given):
+        return [given]
+    if not os.path.isdir(given):
+        raise SignatureError(given, 0, "no such file or directory")
+    found = []
+    for root, dirs, files in os.walk(given):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [os.path.join(root, f) for f in sorted(files) if extension(f) in (".yar", ".yara")]
+    return found
+
+
 def discover(paths: list[str], pua: bool = False, official: bool = False,
-             digest: Digester | None = None) -> Discovery:
+             digest: Digester | None = None, rules: list[str] | None = None) -> Discovery:
     """Resolve ``-d`` arguments into the ordered list of files to load.
 
     A path that does not exist, or a single file of an unknown format, is an error (as in clamscan).
     ``digest`` computes a file's content digest (default :func:`file_digest`; the database layer
-    passes a memoized one).
+    passes a memoized one).  ``rules`` are YARA files or rule trees added on top (``--rules``).
     """
     digest = digest or file_digest
     candidates: list[SourceCandidate] = []
@@ -148,6 +163,9 @@ def discover(paths: list[str], pua: bool = False, official: bool = False,
             raise SignatureError(given, 0, "no such file or directory")
     # as in ClamAV, an ignore list applies to what loads after it: first in a directory, but a
     # separate -d only to the -d arguments that follow it
+    for given in rules or []:
+        for full in _rule_files(given):
+            candidates.append(SourceCandidate(full, "yara", False, _digest_or_error(full, digest)))
     return Discovery(candidates, skipped)
 
 
@@ -158,7 +176,7 @@ def _digest_or_error(path: str, digest: Digester) -> str:
         raise SignatureError(path, 0, f"cannot read: {exc.strerror}") from None
 
 
-def parse_sources(discovery: Discovery) -> SignatureSet:
+def parse_sources(discovery: Discovery, yara_strict: bool = False) -> SignatureSet:
     """Parse every candidate into one model.  Raises :class:`SignatureError` on the first bad line."""
     # the parsers are imported here: a start that finds its database in the cache never needs them
     from bastion.signatures.cdb import parse_cdb
@@ -169,6 +187,7 @@ def parse_sources(discovery: Discovery) -> SignatureSet:
     from bastion.signatures.ldb import parse_ldb
     from bastion.signatures.ndb import parse_ndb
     from bastion.signatures.phishing import parse_phishing
+    from bastion.signatures.yara import parse_yara
 
     sigset = SignatureSet()
     sigset.report.skipped_files.extend(discovery.skipped)
@@ -199,6 +218,8 @@ def parse_sources(discovery: Discovery) -> SignatureSet:
             parse_cfg(cand.path, data, sigset)
         elif cand.role == "info":
             parse_info(cand.path, data, sigset)
+        elif cand.role == "yara":
+            parse_yara(cand.path, data, sigset, index, cand.official, strict=yara_strict)
         elif cand.role == "ftm":
             parse_ftm(cand.path, data, sigset, index)
         elif cand.role == "ignore":

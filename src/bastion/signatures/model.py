@@ -235,6 +235,17 @@ class ContainerRule:
     line: int
 
 
+@dataclass(frozen=True, slots=True)
+class YaraSource:
+    """One YARA rule file that yara-x accepted: its text, compiled later into one namespace."""
+
+    path: str
+    text: str
+    source_index: int
+    official: bool
+    namespace: str
+
+
 @dataclass(slots=True)
 class LoadReport:
     """What happened while loading, for ``--debug``, ``bastion scan`` and the summary.
@@ -253,6 +264,8 @@ class LoadReport:
     skipped_by_condition: int = 0
     # lines parsed and validated that Bastion does not act on yet, by kind (phishing, ...)
     not_enforced: dict[str, int] = field(default_factory=dict)
+    # YARA files yara-x rejected (path, line, reason): left out, the rest loaded
+    yara_errors: list[tuple[str, int, str]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -266,6 +279,7 @@ class SignatureSet:
     macros: list[MacroMember] = field(default_factory=list)
     filetypes: list[FileTypeMagic] = field(default_factory=list)
     container_rules: list[ContainerRule] = field(default_factory=list)
+    yara: list[YaraSource] = field(default_factory=list)
     # .ign/.ign2 entries: bare name -> set of md5 hex of the full DB line ('' = any line)
     ignores: dict[str, set[str]] = field(default_factory=dict)
     report: LoadReport = field(default_factory=LoadReport)
