@@ -267,6 +267,10 @@ def _debug_report(db: object, out: Output) -> None:
         out.warn(f"Bastion debug: not loaded {path}: {why}")
     for path, line, reason in rep.yara_errors:
         out.warn(f"Bastion debug: YARA file {path}:{line} left out: {reason}")
+    for c in rep.containers:
+        out.warn(f"Bastion debug: container {c['path']}: {c['name']} version {c['version']}, {c['signatures']} "
+                 f"signatures, FL {c['functionality_level']}, built {c['build_time']} by {c['builder']}; "
+                 f"{c['verification']}")
     out.warn(f"Bastion debug: {db.signature_count} signatures; skipped by functionality level "
              f"{rep.skipped_by_flevel}, by target type {rep.skipped_by_target}, ignored by name "
              f"{rep.ignored_by_name}, macro members {rep.macro_members}; body matcher modes "

@@ -130,6 +130,7 @@ class Database:
                 "skipped_by_condition": self.report.skipped_by_condition,
                 "not_enforced": self.report.not_enforced,
                 "yara_errors": self.report.yara_errors,
+                "containers": self.report.containers,
             },
         }
         with open(os.path.join(directory, "manifest.json"), "w", encoding="utf-8") as fh:
@@ -156,6 +157,7 @@ class Database:
             skipped_by_condition=rep["skipped_by_condition"],
             not_enforced=rep["not_enforced"],
             yara_errors=[tuple(e) for e in rep["yara_errors"]],
+            containers=rep["containers"],
         )
         with open(os.path.join(directory, "filetypes.marshal"), "rb") as fh:
             filetypes = [FileTypeMagic(*row) for row in marshal.loads(fh.read())]
@@ -289,7 +291,7 @@ def _open_database(paths: list[str] | None, pua: bool, use_cache: bool, rules: l
             return db
         except (OSError, ValueError, KeyError, EOFError, TypeError):
             _remove_tree(final)  # a damaged cache entry is rebuilt
-    sigset = parse_sources(discovery, yara_strict=yara_strict)
+    sigset = parse_sources(discovery, yara_strict=yara_strict, pua=pua)
     db = Database.compile(sigset, key)
     if use_cache:
         from bastion.database.atomic import publish_directory

@@ -31,12 +31,13 @@ SUPPORTED: dict[str, tuple[str, bool]] = {
     ".pdb": ("pdb", False), ".wdb": ("wdb", False), ".gdb": ("gdb", False),
     ".cfg": ("cfg", False), ".info": ("info", False),
     ".yar": ("yara", False), ".yara": ("yara", False),
+    ".cvd": ("container", False), ".cld": ("container", False), ".cud": ("container", False),
     ".ign": ("ignore", False), ".ign2": ("ignore", False),
 }
 # Formats ClamAV reads that Bastion does not read yet: reported by name at load.
 NOT_YET_SUPPORTED = frozenset({
     ".idb", ".cbc", ".crb",
-    ".pwdb", ".cvd", ".cld", ".cud", ".cat",
+    ".pwdb", ".cat",
     ".db", ".sdb", ".zmd", ".rmd", ".ioc",
 })
 NEVER_A_DATABASE = frozenset({".sign", ".cdiff", ".dat", ".txt", ".md"})
@@ -166,7 +167,36 @@ def discover(paths: list[str], pua: bool = False, official: bool = False,
     for given in rules or []:
         for full in _rule_files(given):
             candidates.append(SourceCandidate(full, "yara", False, _digest_or_error(full, digest)))
-    return Discovery(candidates, skipped)
+    return Discovery(_newest_containers(candidates, skipped), skipped)
+
+
+def _container_version(path: str) -> int:
+    try:
+        with open(path, "rb") as fh:
+            fields = fh.read(512).decode("latin-1").split(":")
+        return int(fields[2]) if fields[0] == "ClamAV-VDB" and len(fields) > 2 else -1
+    except (OSError, ValueError):
+        return -1
+
+
+def _newest_containers(candidates: list[SourceCandidate], skipped: list[tuple[str, str]]) -> list[SourceCandidate]:
+    """As in ClamAV, when one directory holds the same database as .cvd and .cld (or .cud), only the
+    newest version (from the header) is loaded."""
+    best: dict[tuple[str, str], tuple[int, SourceCandidate]] = {}
+    for c in candidates:
+        if c.role == "container":
+            key = (os.path.dirname(c.path), os.path.splitext(os.path.basename(c.path))[0])
+            version = _container_version(c.path)
+            if key not in best or version > best[key][0]:
+                best[key] = (version, c)
+    keep = {id(c) for _, c in best.values()}
+    out = []
+    for c in candidates:
+        if c.role == "container" and id(c) not in keep:
+            skipped.append((c.path, "an older version of a container that is also present in a newer version"))
+            continue
+        out.append(c)
+    return out
 
 
 def _digest_or_error(path: str, digest: Digester) -> str:
@@ -176,7 +206,35 @@ def _digest_or_error(path: str, digest: Digester) -> str:
         raise SignatureError(path, 0, f"cannot read: {exc.strerror}") from None
 
 
-def parse_sources(discovery: Discovery, yara_strict: bool = False) -> SignatureSet:
+def _load_container(cand: SourceCandidate, sigset: SignatureSet, parsers: dict, pua: bool) -> None:
+    """Verify a .cvd/.cld/.cud and load its members; a refused container is reported, not fatal."""
+    from bastion.signatures.cvd import ContainerError, open_container
+
+    try:
+        container = open_container(cand.path)
+    except (ContainerError, OSError) as exc:
+        sigset.report.skipped_files.append((cand.path, f"container refused: {exc}"))
+        return
+    official = container.kind in ("cvd", "cld")
+    h = container.header
+    sigset.report.containers.append({
+        "path": cand.path, "name": h.name, "kind": container.kind, "version": h.version, "signatures": h.signatures,
+        "functionality_level": h.functionality_level, "builder": h.builder, "build_time": h.build_time,
+        "verification": container.verification})
+    for name, data in sorted(container.members, key=lambda m: (extension(m[0]) not in (".ign", ".ign2"), m[0])):
+        member_path = f"{cand.path}:{name}"
+        if name == "COPYING" or extension(name) == ".info":
+            continue
+        role, why = _classify(name, pua, explicit=False)
+        if role is None or role in ("container", "yara"):
+            sigset.report.skipped_files.append((member_path, why or "not loaded from a container"))
+            continue
+        index = sigset.add_source(member_path, hashlib.sha256(data).hexdigest(), official)
+        parsers[role](member_path, data, index, official)
+        sigset.report.loaded_files.append(member_path)
+
+
+def parse_sources(discovery: Discovery, yara_strict: bool = False, pua: bool = False) -> SignatureSet:
     """Parse every candidate into one model.  Raises :class:`SignatureError` on the first bad line."""
     # the parsers are imported here: a start that finds its database in the cache never needs them
     from bastion.signatures.cdb import parse_cdb
@@ -191,38 +249,31 @@ def parse_sources(discovery: Discovery, yara_strict: bool = False) -> SignatureS
 
     sigset = SignatureSet()
     sigset.report.skipped_files.extend(discovery.skipped)
+    parsers = {"hash": lambda p, d, i, o: parse_hash_db(p, d, sigset, i, o, HashPurpose.DETECT),
+               "allow": lambda p, d, i, o: parse_hash_db(p, d, sigset, i, o, HashPurpose.ALLOW),
+               "section": lambda p, d, i, o: parse_hash_db(p, d, sigset, i, o, HashPurpose.SECTION),
+               "imports": lambda p, d, i, o: parse_hash_db(p, d, sigset, i, o, HashPurpose.IMPORTS),
+               "ndb": lambda p, d, i, o: parse_ndb(p, d, sigset, i, o),
+               "ldb": lambda p, d, i, o: parse_ldb(p, d, sigset, i, o),
+               "cdb": lambda p, d, i, o: parse_cdb(p, d, sigset, i, o),
+               "pdb": lambda p, d, i, o: parse_phishing(p, d, sigset, "pdb"),
+               "wdb": lambda p, d, i, o: parse_phishing(p, d, sigset, "wdb"),
+               "gdb": lambda p, d, i, o: parse_phishing(p, d, sigset, "gdb"),
+               "cfg": lambda p, d, i, o: parse_cfg(p, d, sigset),
+               "info": lambda p, d, i, o: parse_info(p, d, sigset),
+               "yara": lambda p, d, i, o: parse_yara(p, d, sigset, i, o, strict=yara_strict),
+               "ftm": lambda p, d, i, o: parse_ftm(p, d, sigset, i),
+               "ignore": lambda p, d, i, o: parse_ignore(p, d, sigset)}
     for cand in discovery.candidates:
+        if cand.role == "container":
+            _load_container(cand, sigset, parsers, pua)
+            continue
         try:
             with open(cand.path, "rb") as fh:
                 data = fh.read()
         except OSError as exc:
             raise SignatureError(cand.path, 0, f"cannot read: {exc.strerror}") from None
         index = sigset.add_source(cand.path, cand.sha256, cand.official)
-        if cand.role == "hash":
-            parse_hash_db(cand.path, data, sigset, index, cand.official, HashPurpose.DETECT)
-        elif cand.role == "section":
-            parse_hash_db(cand.path, data, sigset, index, cand.official, HashPurpose.SECTION)
-        elif cand.role == "imports":
-            parse_hash_db(cand.path, data, sigset, index, cand.official, HashPurpose.IMPORTS)
-        elif cand.role == "allow":
-            parse_hash_db(cand.path, data, sigset, index, cand.official, HashPurpose.ALLOW)
-        elif cand.role == "ndb":
-            parse_ndb(cand.path, data, sigset, index, cand.official)
-        elif cand.role == "ldb":
-            parse_ldb(cand.path, data, sigset, index, cand.official)
-        elif cand.role == "cdb":
-            parse_cdb(cand.path, data, sigset, index, cand.official)
-        elif cand.role in ("pdb", "wdb", "gdb"):
-            parse_phishing(cand.path, data, sigset, cand.role)
-        elif cand.role == "cfg":
-            parse_cfg(cand.path, data, sigset)
-        elif cand.role == "info":
-            parse_info(cand.path, data, sigset)
-        elif cand.role == "yara":
-            parse_yara(cand.path, data, sigset, index, cand.official, strict=yara_strict)
-        elif cand.role == "ftm":
-            parse_ftm(cand.path, data, sigset, index)
-        elif cand.role == "ignore":
-            parse_ignore(cand.path, data, sigset)
+        parsers[cand.role](cand.path, data, index, cand.official)
         sigset.report.loaded_files.append(cand.path)
     return sigset

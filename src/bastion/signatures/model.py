@@ -266,6 +266,8 @@ class LoadReport:
     not_enforced: dict[str, int] = field(default_factory=dict)
     # YARA files yara-x rejected (path, line, reason): left out, the rest loaded
     yara_errors: list[tuple[str, int, str]] = field(default_factory=list)
+    # .cvd/.cld/.cud containers loaded: their header fields and how they were verified
+    containers: list[dict[str, object]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
