@@ -32,6 +32,12 @@ def _explain(argv: list[str]) -> int:
     return explain.run(argv)
 
 
+def _sigtool(argv: list[str]) -> int:
+    from bastion.cli import sigtool
+
+    return sigtool.run(argv)
+
+
 def _version(argv: list[str]) -> int:
     if argv:
         sys.stderr.write(f"bastion version: unexpected arguments: {' '.join(argv)}\n")
@@ -45,6 +51,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "scan": (_scan, "scan files and directories, explaining every detection"),
     "clamscan": (_clamscan, "run the clamscan-compatible front end (same options and output as clamscan)"),
     "explain": (_explain, "explain every matching signature of a file in full (text, source, bytes, logic)"),
+    "sigtool": (_sigtool, "signature and database tasks (hashes, container info/unpack/build, decode)"),
     "version": (_version, "print Bastion's version"),
 }
 

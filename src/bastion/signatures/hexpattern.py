@@ -415,3 +415,41 @@ def widen(text: str) -> str:
     parser = _Parser(text)
     seq = parser.parse_seq(0)
     return _wide_text(seq)
+
+
+def _describe_seq(seq: list[_Tok]) -> str:
+    out: list[str] = []
+    for t in seq:
+        k = t.kind
+        if k == "lit":
+            out.append(chr(t.a))
+        elif k == "any":
+            out.append("{WILDCARD_IGNORE}")
+        elif k == "nhi":
+            out.append(f"{{WILDCARD_NIBBLE_HIGH:0x{t.a << 4:x}}}")
+        elif k == "nlo":
+            out.append(f"{{WILDCARD_NIBBLE_LOW:0x{t.a:x}}}")
+        elif k == "star":
+            out.append("{WILDCARD_ANY_STRING}")
+        elif k in ("gap", "bgap"):
+            lo, hi = t.a, t.b
+            if hi is None:
+                out.append(f"{{WILDCARD_ANY_STRING(LENGTH>={lo})}}")
+            elif lo == hi:
+                out.append(f"{{WILDCARD_ANY_STRING(LENGTH=={lo})}}")
+            elif lo == 0:
+                out.append(f"{{WILDCARD_ANY_STRING(LENGTH<={hi})}}")
+            else:
+                out.append(f"{{WILDCARD_ANY_STRING(LENGTH>={lo}&&<={hi})}}")
+        elif k == "alt":
+            kind = "EXCLUDING_STRING_ALTERNATIVE" if t.neg else "STRING_ALTERNATIVE"
+            out.append(f"{{{kind}:" + "|".join(_describe_seq(a) for a in t.alts or []) + "}")
+        # boundaries (B) (L) (W) are not shown, as in sigtool
+    return "".join(out)
+
+
+def describe(text: str) -> str:
+    """A body signature in words, the way ``sigtool --decode-sigs`` writes it (bytes as characters,
+    wildcards as ``{WILDCARD_...}``)."""
+    parser = _Parser(text)
+    return _describe_seq(parser.parse_seq(0))
