@@ -215,3 +215,17 @@ def test_cud_built_by_sigtool_loads_in_both(tmp_path: Path, shared_cache_dir: Pa
                     shared_cache_dir)
     assert pair.clam.found == pair.bastion.found and pair.clam.rc == 1, pair.report()
     assert pair.bastion.found[0][1] == "Cvd.Test.Body.UNOFFICIAL"  # .cud is unofficial
+
+
+def test_explain_names_the_container(tmp_path: Path) -> None:
+    import sys
+
+    from tests.helpers import bastion_env
+
+    write(tmp_path / "db" / "local.cud", build_container("local", {"local.ndb": NDB}, None, version=9, kind="cud"))
+    target = write(tmp_path / "t.bin", b"\x00\x00" + TARGET)
+    r = subprocess.run([sys.executable, "-m", "bastion.cli.main", "explain", "-d", str(tmp_path / "db"), str(target)],
+                       capture_output=True, text=True, env=bastion_env(tmp_path / "cache"), timeout=60)
+    assert r.returncode == 1, r.stderr
+    assert f"{tmp_path}/db/local.cud:local.ndb:1" in r.stdout
+    assert "container  local version 9 (built 01 Jan 2026 00-00 +0000 by tester; MD5 verified" in r.stdout

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import run_clamscan_clone
 from tests.test_clamscan_parity import UNOFFICIAL, run_both
 
 SHA = hashlib.sha256(b"x").hexdigest()
@@ -100,3 +101,33 @@ def test_file_type_magic_retypes_like_clamscan(tmp_path: Path, shared_cache_dir:
         path = str(files / name)
         assert pair.bastion.names(path) == pair.clam.names(path), pair.report(path)
         assert pair.clam.names(path) == sorted(n + UNOFFICIAL for n in names), pair.report(path)
+
+
+CDB = ("Parity.Cdb.Scr:CL_TYPE_ZIP:*:.*\\.scr$:*:*:*:*:*:*\n"
+       "Parity.Cdb.Position:CL_TYPE_ZIP:*:y\\.txt:*:6:*:1:*:*\n"
+       "Parity.Cdb.AnyContainer:*:*:y\\.txt:*:*:*:*:*:*\n"
+       "Parity.Cdb.ContainerSize:CL_TYPE_ZIP:100-200:.*:*:*:*:*:*:*\n")
+
+
+def test_container_metadata_rules_like_clamscan(tmp_path: Path, shared_cache_dir: Path) -> None:
+    import zipfile
+
+    files = tmp_path / "files"
+    files.mkdir()
+    with zipfile.ZipFile(files / "a.zip", "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("x.scr", "hello world file\n")
+        zf.writestr("y.txt", "other\n")
+    with zipfile.ZipFile(files / "b.zip", "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("y.txt", "other\n")
+    (tmp_path / "t.cdb").write_text(CDB)
+    args = ["-z", "--no-summary", "-d", str(tmp_path / "t.cdb"), str(files)]
+    pair = run_both(args, tmp_path, shared_cache_dir)
+    for name in ("a.zip", "b.zip"):
+        path = str(files / name)
+        assert pair.bastion.names(path) == pair.clam.names(path), pair.report(path)
+        assert pair.clam.names(path), pair.report(path)
+    # the same through two worker threads (a start-up race once made one thread skip unpacking)
+    for _ in range(3):
+        threaded = run_clamscan_clone([*args, "-j", "2"], shared_cache_dir)
+        found = sorted({line for line in threaded.stdout.splitlines() if line.endswith(" FOUND")})
+        assert found == sorted({f"{p}: {n} FOUND" for p, n in pair.clam.found}), threaded.stdout

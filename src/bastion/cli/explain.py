@@ -1,7 +1,9 @@
 """``bastion explain FILE...``: why each signature matched, in full.
 
 For every detection (all of them: the scan runs with ``--allmatch``): the signature's full text, its
-source (file, line, database version; a warning if the file changed since the database was compiled),
+source (file, line, database version, and for a signature from a ``.cvd``/``.cld``/``.cud`` the
+container's name, version, builder and how it was verified; a warning if the file changed since the
+database was compiled),
 the matched bytes at each offset, and for logical signatures each subsignature with its match count
 and first offset and how the expression evaluated.  ``--json`` prints the same as one JSON object per
 file.  Exit codes as ``bastion scan``: 0 clean, 1 something matched, 2 an error.
@@ -96,6 +98,10 @@ def explain_detection(det: Detection, data: bytes, sources: _Sources) -> dict[st
         "matched": [_bytes_at(data, o) for o in ev.offsets] if not ev.normalized else [],
         "offsets": list(ev.offsets),
     }
+    container = next((c for c in sources.db.report.containers if ev.source.startswith(f"{c['path']}:")), None)
+    if container is not None:
+        out["container"] = {k: container[k] for k in ("path", "name", "version", "build_time", "builder",
+                                                      "verification")}
     if ev.kind == "logical":
         out["logical"] = _logical_parts(ev.pattern, ev.subsig_counts, ev.offsets)
     elif ev.kind.startswith("hash."):
@@ -116,6 +122,10 @@ def _render(path: str, result: ScanResult, explained: list[dict[str, Any]]) -> N
     for item in explained:
         w(f"\n  {item['name']}  [{item['kind']}]\n")
         w(f"    source     {item['source']}:{item['line']}  (database {item['db_version'][:16]})\n")
+        if "container" in item:
+            c = item["container"]
+            w(f"    container  {c['name']} version {c['version']} (built {c['build_time']} by {c['builder']}; "
+              f"{c['verification']})\n")
         if item["source_changed_since_compile"]:
             w("    warning    the source file changed since the database was compiled\n")
         w(f"    signature  {item['signature']}\n")

@@ -74,7 +74,8 @@ class Database:
     def signature_count(self) -> int:
         """Signatures that can alert (``Known viruses`` in clamscan's summary)."""
         hashes = sum(len(t) for (_, p), t in self.hash_tables.items() if p is not HashPurpose.ALLOW)
-        return hashes + self.body_signatures + len(self.logical) + (self.yara.count if self.yara else 0)
+        return (hashes + self.body_signatures + len(self.logical) + len(self.container_rules)
+                + (self.yara.count if self.yara else 0))
 
     def table(self, kind: HashKind, purpose: HashPurpose) -> HashTable | None:
         return self.hash_tables.get((kind, purpose))

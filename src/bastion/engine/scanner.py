@@ -40,7 +40,7 @@ from bastion.engine.normalize import TextNormalizer, normalize_text
 from bastion.engine.verdict import Detection, Evidence, ScanResult
 from bastion.signatures.model import HashKind, HashPurpose
 from bastion.signatures.offsets import EXECUTABLE_ANCHORS, Anchor
-from bastion.unpack.base import LimitExceeded, Unpacker, UnpackLimits, unpacker_for
+from bastion.unpack.base import ChildObject, LimitExceeded, Unpacker, UnpackLimits, unpacker_for
 
 if TYPE_CHECKING:
     from bastion.formats.executable import ExecutableInfo
@@ -257,6 +257,7 @@ class Engine:
         self._logical = LogicalEvaluator(db.logical) if len(db.logical) else None
         self._type = FileTyper(db.filetypes)
         self._yara = db.yara
+        self._cdb_regex: dict[str, re.Pattern[str]] = {}
         tables = db.hash_tables.items()
         self._detect_tables = sorted(((k, t) for (k, p), t in tables if p is HashPurpose.DETECT and len(t)),
                                      key=lambda kt: _KIND_ORDER[kt[0]])
@@ -464,6 +465,7 @@ class Engine:
         path = ctx.path or result.name
         found = result.detections
         children = unpacker.children(data, path, limits)
+        position = 0
         try:
             for child in children:
                 if isinstance(child, LimitExceeded):
@@ -480,6 +482,10 @@ class Engine:
                     self._limit(result, "max-scansize", f"{path}: more than {opts.max_scansize} bytes scanned")
                     return
                 budget.bytes += len(child.data)
+                position += 1
+                if self.db.container_rules and self._match_container_rules(ftype, len(data), child, position, found) \
+                        and not opts.allmatch:
+                    return
                 sub = ScanResult(name=child.container_path, size=len(child.data))
                 view = memoryview(child.data)
                 chunks = (view[i:i + READ_CHUNK] for i in range(0, len(view), READ_CHUNK))
@@ -497,6 +503,38 @@ class Engine:
             close = getattr(children, "close", None)
             if close is not None:
                 close()
+
+    def _match_container_rules(self, ftype: str, container_size: int, child: ChildObject, position: int,
+                               found: list[Detection]) -> bool:
+        """``.cdb``: rules on what a container holds (type and size of the container, member name, size
+        and position).  The compressed size of a member is not known here: a rule that names one never
+        matches (README)."""
+        hit = False
+        for rule in self.db.container_rules:
+            if rule.container_type is not None and rule.container_type != ftype:
+                continue
+            if rule.size_in_container is not None or rule.encrypted:
+                continue
+            size_range = rule.container_size
+            if size_range is not None and not size_range[0] <= container_size <= size_range[1]:
+                continue
+            if rule.real_size is not None and not rule.real_size[0] <= len(child.data) <= rule.real_size[1]:
+                continue
+            if rule.position is not None and not rule.position[0] <= position <= rule.position[1]:
+                continue
+            if rule.name_regex is not None:
+                rx = self._cdb_regex.get(rule.name_regex)
+                if rx is None:
+                    rx = self._cdb_regex[rule.name_regex] = re.compile(rule.name_regex)
+                if not rx.search(child.name):
+                    continue
+            found.append(Detection(rule.name, Evidence(
+                kind="container", source=self.db.sources[rule.source_index].path, line=rule.line,
+                db_version=self.db.version, container_path=child.container_path, pattern=child.name)))
+            hit = True
+            if not self.options.allmatch:
+                return True
+        return hit
 
     def _problem(self, result: ScanResult, kind: str, detail: str, ftype: str) -> None:
         """A member the unpacker could not hand over: a limit, encryption, or damage."""

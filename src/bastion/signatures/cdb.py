@@ -4,8 +4,9 @@ Line: ``Name:ContainerType:ContainerSize:FileNameREGEX:FileSizeInContainer:FileS
 FilePos:Res1:Res2[:minFL[:maxFL]]`` (ClamAV's ``ContainerMetadata``).  ``*`` means any; sizes and
 positions are ``n`` or ``n-m``; ``IsEncrypted`` is 0, 1 or ``*``.
 
-They apply to the members of archives, so they are parsed, validated and stored in the compiled
-database now, and enforced once archives are unpacked (README: not enforced yet).
+They are stored in the compiled database and checked by the engine for every member of a container
+it opens (engine/scanner.py); the compressed size of a member is not known there, so a rule that
+names one never matches (README).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ def _range(text: str, what: str) -> tuple[int, int] | None:
 
 
 def parse_cdb(path: str, data: bytes, sigset: SignatureSet, source_index: int, official: bool) -> None:
-    before = len(sigset.container_rules)
     for number, line in iter_signature_lines(path, data):
         fields = line.split(":")
         if not 10 <= len(fields) <= 12:
@@ -64,5 +64,3 @@ def parse_cdb(path: str, data: bytes, sigset: SignatureSet, source_index: int, o
         sigset.container_rules.append(ContainerRule(
             printed_name(name, official), None if ctype == "*" else ctype, container_size, name_regex, size_in,
             size_real, None if fields[6] == "*" else fields[6] == "1", position, source_index, number))
-    added = len(sigset.container_rules) - before
-    sigset.report.not_enforced["container metadata"] = sigset.report.not_enforced.get("container metadata", 0) + added

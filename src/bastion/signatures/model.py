@@ -303,4 +303,4 @@ class SignatureSet:
     def signature_count(self) -> int:
         """Signatures that can raise an alert (allow-list entries are not counted, as in ClamAV)."""
         detect = sum(len(c) for (_, p), c in self.hashes.items() if p is not HashPurpose.ALLOW)
-        return detect + sum(1 for b in self.bodies if b.lsig < 0) + len(self.logical)
+        return detect + sum(1 for b in self.bodies if b.lsig < 0) + len(self.logical) + len(self.container_rules)

@@ -10,6 +10,7 @@ them.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -72,15 +73,23 @@ def register(unpacker: Unpacker) -> None:
 
 
 _LOADED = False
+_LOAD_LOCK = threading.Lock()
 
 
 def load_plugins() -> None:
-    """Import the plug-in modules (each registers itself); cheap after the first call."""
+    """Import the plug-in modules (each registers itself); cheap after the first call.
+
+    Thread-safe: scanning threads start together, and one that saw a half-filled registry would
+    silently skip unpacking (found by the archive benchmark and a .cdb test, both with -j 2)."""
     global _LOADED
     if _LOADED:
         return
-    _LOADED = True
-    from bastion.unpack import archive, compressed, mail  # noqa: F401 - imported for their registration
+    with _LOAD_LOCK:
+        if _LOADED:
+            return
+        from bastion.unpack import archive, compressed, mail  # noqa: F401 - imported for their registration
+
+        _LOADED = True
 
 
 def unpacker_for(file_type: str) -> Unpacker | None:
