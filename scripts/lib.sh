@@ -43,6 +43,8 @@ ensure_native_libs() {
         echo "== installing libarchive13"
         apt_install libarchive13
     fi
+    # openssl checks ClamAV 1.5 detached .sign signatures of CVD files
+    command -v openssl >/dev/null 2>&1 || apt_install openssl
 }
 
 ensure_debian_peers() {

@@ -229,3 +229,46 @@ def test_explain_names_the_container(tmp_path: Path) -> None:
     assert r.returncode == 1, r.stderr
     assert f"{tmp_path}/db/local.cud:local.ndb:1" in r.stdout
     assert "container  local version 9 (built 01 Jan 2026 00-00 +0000 by tester; MD5 verified" in r.stdout
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def test_detached_sign_file(tmp_path: Path, keys, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """A ClamAV 1.5 ``.sign`` file: verified with openssl against the trusted CA directory; a bad one
+    refuses the container; lines for another functionality level are skipped."""
+    import base64
+
+    monkeypatch.setattr(cvd, "CVD_KEY", keys[0].public)
+    monkeypatch.setattr(cvd, "INFO_KEY", keys[1].public)
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-subj",
+             "/CN=Bastion Test CA", "-days", "2", cwd=pki)
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "s.key", "-out", "s.csr", "-subj", "/CN=Signer",
+             cwd=pki)
+    _openssl("x509", "-req", "-in", "s.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "s.crt",
+             "-days", "2", cwd=pki)
+    trusted = tmp_path / "trusted"
+    trusted.mkdir()
+    shutil.copy(pki / "ca.crt", trusted / "ca.crt")
+    monkeypatch.setenv(cvd.CERTS_DIR_ENV, str(trusted))
+    db = tmp_path / "db"
+    data = build_container("daily", {"daily.ndb": NDB}, keys, version=7)
+    write(db / "daily.cvd", data)
+
+    def sign(content: bytes, fl: str) -> None:
+        (pki / "content").write_bytes(content)
+        _openssl("cms", "-sign", "-binary", "-in", "content", "-signer", "s.crt", "-inkey", "s.key", "-outform", "DER",
+                 "-out", "sig.der", cwd=pki)
+        b64 = base64.b64encode((pki / "sig.der").read_bytes()).decode()
+        write(db / "daily-7.cvd.sign", f"#clamsign-1.0\n{fl}:pkcs7-pem:{b64}\n")
+
+    sign(data, "200:")
+    assert "PKCS#7 signature verified" in open_container(str(db / "daily.cvd")).verification
+    sign(data + b"x", "200:")  # signs other bytes
+    with pytest.raises(ContainerError, match="PKCS#7"):
+        open_container(str(db / "daily.cvd"))
+    sign(data + b"x", "230:")  # a line for ClamAV 1.5 only: skipped by a 1.4-level engine
+    assert "legacy signature used" in open_container(str(db / "daily.cvd")).verification

@@ -17,8 +17,14 @@ reason, and the rest of the database directory still loads):
 
 The public keys are ClamAV's (``CLI_NSTR``/``CLI_ESTR`` in libclamav/dsig.c, ``INFO_NSTR``/``INFO_ESTR``
 in libclamav/readdb.c); tests pass their own.  Members are read in memory with bounded sizes and never
-written anywhere.  Detached ``.sign`` files (ClamAV 1.5) are PKCS#7: their presence is reported, their
-verification is not implemented (the legacy signature above is always checked).
+written anywhere.
+
+Detached signatures (ClamAV 1.5): ``<name>-<version>.cvd.sign`` beside a ``.cvd`` holds lines
+``minFL:maxFL:pkcs7-pem:<base64 DER>``; each is a detached PKCS#7 signature over the whole ``.cvd``,
+checked with ``openssl cms -verify`` against the CA certificates in ``$BASTION_CVD_CERTS_DIR`` (default:
+``certs/clamav.crt`` shipped beside this module: ClamAV's root, the Cisco Software Identity Root CA, as
+ClamAV ships it).  As in ClamAV: a line for this functionality level that fails makes the container
+refused; without a usable ``.sign`` the legacy signature decides.
 """
 
 from __future__ import annotations
@@ -251,8 +257,67 @@ def open_container(path: str, data: bytes | None = None, *, cvd_key: PublicKey |
         checks.append(f"{header.name}.info signature and member digests verified")
     else:
         checks.append("member digests verified")
-    sign = os.path.join(os.path.dirname(path), f"{header.name}-{header.version}.cvd.sign")
-    if kind == "cvd" and os.path.exists(sign):
-        checks.append(f"{os.path.basename(sign)} present (PKCS#7, not verified by Bastion)")
+    if kind == "cvd":
+        sign = os.path.join(os.path.dirname(os.path.abspath(path)), f"{header.name}-{header.version}.cvd.sign")
+        if os.path.exists(sign):
+            checks.append(verify_sign_file(sign, data))
     container.verification = "; ".join(checks)
     return container
+
+
+CERTS_DIR_ENV = "BASTION_CVD_CERTS_DIR"
+
+
+def certs_dir() -> str:
+    return os.environ.get(CERTS_DIR_ENV) or os.path.join(os.path.dirname(os.path.abspath(__file__)), "certs")
+
+
+def verify_sign_file(sign_path: str, data: bytes) -> str:
+    """Check a ``.sign`` file against ``data``; returns what was checked, raises ContainerError if a line
+    that applies to this engine does not verify."""
+    import base64
+    import shutil
+    import subprocess
+    import tempfile
+
+    from bastion import FUNCTIONALITY_LEVEL
+
+    name = os.path.basename(sign_path)
+    try:
+        with open(sign_path, encoding="latin-1") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return f"{name} unreadable: legacy signature used"
+    if not lines or lines[0].strip() != "#clamsign-1.0":
+        return f"{name} not in #clamsign-1.0 format: legacy signature used"
+    openssl = shutil.which("openssl")
+    certs = [os.path.join(certs_dir(), f) for f in sorted(os.listdir(certs_dir()))
+             if f.endswith((".crt", ".pem"))] if os.path.isdir(certs_dir()) else []
+    for line in lines[1:]:
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split(":", 3)
+        if len(parts) != 4 or parts[2] != "pkcs7-pem" or not parts[0].isdigit():
+            continue
+        low, high = int(parts[0]), int(parts[1]) if parts[1].isdigit() else None
+        if low > FUNCTIONALITY_LEVEL or (high is not None and high < FUNCTIONALITY_LEVEL):
+            continue
+        if openssl is None or not certs:
+            return f"{name} present but not checked (no openssl or no CA certificates): legacy signature used"
+        try:
+            der = base64.b64decode(parts[3], validate=True)
+        except ValueError:
+            raise ContainerError(f"{name}: signature is not valid base64") from None
+        with tempfile.TemporaryDirectory(prefix="bastion-sign-") as tmp:
+            files = {"sig.der": der, "content": data,
+                     "ca.pem": b"".join(open(c, "rb").read() for c in certs)}  # noqa: SIM115
+            for fname, blob in files.items():
+                with open(os.path.join(tmp, fname), "wb") as fh:
+                    fh.write(blob)
+            r = subprocess.run([openssl, "cms", "-verify", "-inform", "DER", "-in", "sig.der", "-content", "content",
+                                "-binary", "-CAfile", "ca.pem", "-purpose", "any", "-out", os.devnull],
+                               cwd=tmp, capture_output=True, timeout=60)
+        if r.returncode != 0:
+            raise ContainerError(f"{name}: PKCS#7 signature does not verify with the trusted CA certificates")
+        return f"{name}: PKCS#7 signature verified"
+    return f"{name} has no signature for functionality level {FUNCTIONALITY_LEVEL}: legacy signature used"
