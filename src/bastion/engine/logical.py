@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bastion.database.logicmatcher import LogicMatcher, offset_of
+from bastion.engine.offsets import resolve_window
 from bastion.signatures.logic import evaluate
-from bastion.signatures.offsets import EXECUTABLE_ANCHORS, Anchor, Offset
+from bastion.signatures.offsets import Anchor
 from bastion.signatures.pcre import compile_pcre
 
 if TYPE_CHECKING:
@@ -53,43 +54,6 @@ class ObjectFacts:
     file_type: str
     container: str = "CL_TYPE_ANY"       # the root object is in no container
     intermediates: tuple[str, ...] = ()
-
-
-def _window(offset: Offset, size: int, exe: Callable[[], ExecutableInfo | None]) -> tuple[int, int] | None:
-    """First and last allowed start offset, or None when the offset cannot apply to this object."""
-    anchor = offset.anchor
-    if anchor is Anchor.ANY:
-        return 0, size
-    if anchor is Anchor.ABSOLUTE:
-        lo = offset.value
-    elif anchor is Anchor.EOF:
-        lo = size - offset.value
-    elif anchor in EXECUTABLE_ANCHORS:
-        info = exe()
-        if info is None:
-            return None
-        if anchor is Anchor.ENTRY_POINT:
-            if info.entry_point is None:
-                return None
-            lo = info.entry_point + offset.value
-        elif not info.sections:
-            return None
-        elif anchor is Anchor.LAST_SECTION:
-            lo = info.sections[-1].raw_offset + offset.value
-        elif offset.section >= len(info.sections):
-            return None
-        elif anchor is Anchor.SECTION:
-            lo = info.sections[offset.section].raw_offset + offset.value
-        else:  # SECTION_ENTIRE
-            sec = info.sections[offset.section]
-            if sec.raw_offset < 0 or sec.raw_offset >= size:
-                return None
-            return sec.raw_offset, sec.raw_offset + sec.raw_size + offset.maxshift
-    else:  # VI: PE version info is not parsed yet, never matches (README)
-        return None
-    if lo < 0 or lo >= size:
-        return None
-    return lo, lo + offset.maxshift
 
 
 def _read_number(data: memoryview, pos: int, base: str, little: bool, exact: bool, length: int) -> int | None:
@@ -156,7 +120,7 @@ class LogicalEvaluator:
 
     def _count_content(self, key: tuple[int, int], sub: tuple, data: memoryview,
                        exe: Callable[[], ExecutableInfo | None]) -> tuple[int, list[int]]:
-        window = _window(offset_of(sub[1]), len(data), exe)
+        window = resolve_window(offset_of(sub[1]), len(data), exe)
         if window is None:
             return 0, []
         lo, hi = window
@@ -178,7 +142,7 @@ class LogicalEvaluator:
         flags = sub[5]
         rx = self._pcre_regex(key, sub[4], flags)
         size = len(data)
-        window = _window(offset, size, exe)
+        window = resolve_window(offset, size, exe)
         if window is None:
             return 0, []
         lo, hi = window

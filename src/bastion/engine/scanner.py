@@ -37,9 +37,10 @@ from bastion.database.compiled import Database
 from bastion.engine.filetype import NORMALIZED_TARGET, TEXT_PROBE, FileTyper, detect_type, target_matches
 from bastion.engine.logical import LogicalEvaluator, ObjectFacts
 from bastion.engine.normalize import TextNormalizer, normalize_text
+from bastion.engine.offsets import resolve_window
 from bastion.engine.verdict import Detection, Evidence, ScanResult
 from bastion.signatures.model import HashKind, HashPurpose
-from bastion.signatures.offsets import EXECUTABLE_ANCHORS, Anchor
+from bastion.signatures.offsets import Anchor
 from bastion.unpack.base import ChildObject, LimitExceeded, Unpacker, UnpackLimits, unpacker_for
 
 if TYPE_CHECKING:
@@ -786,40 +787,10 @@ class Engine:
         if anchor is Anchor.ANY:
             m = rx.search(data)
             return m.start() if m else None
-        lo: int
-        hi: int
-        if anchor is Anchor.ABSOLUTE:
-            lo = entry.value
-            hi = lo + entry.maxshift
-        elif anchor is Anchor.EOF:
-            lo = size - entry.value
-            hi = lo + entry.maxshift
-        elif anchor in EXECUTABLE_ANCHORS:
-            info = exe()
-            if info is None:
-                return None
-            if anchor is Anchor.ENTRY_POINT:
-                if info.entry_point is None:
-                    return None
-                lo = info.entry_point + entry.value
-                hi = lo + entry.maxshift
-            elif not info.sections:
-                return None
-            elif anchor is Anchor.LAST_SECTION:
-                lo = info.sections[-1].raw_offset + entry.value
-                hi = lo + entry.maxshift
-            elif entry.section >= len(info.sections):
-                return None
-            elif anchor is Anchor.SECTION:
-                lo = info.sections[entry.section].raw_offset + entry.value
-                hi = lo + entry.maxshift
-            else:  # SECTION_ENTIRE
-                sec = info.sections[entry.section]
-                lo, hi = sec.raw_offset, sec.raw_offset + sec.raw_size + entry.maxshift
-        else:  # VI is matched against PE version info: not available yet, never matches
+        window = resolve_window(entry.offset, size, exe)
+        if window is None:
             return None
-        if lo < 0 or lo >= size:  # ClamAV: an offset before the start never matches, whatever the maxshift
-            return None
+        lo, hi = window
         m = rx.match(data, lo) if lo == hi else rx.search(data, lo)
         if m is None or m.start() > hi:
             return None
