@@ -41,7 +41,8 @@ from bastion.engine.offsets import resolve_window
 from bastion.engine.verdict import Detection, Evidence, ScanResult
 from bastion.signatures.model import HashKind, HashPurpose
 from bastion.signatures.offsets import Anchor
-from bastion.unpack.base import ChildObject, LimitExceeded, Unpacker, UnpackLimits, unpacker_for
+from bastion.unpack.base import ChildObject, LimitExceeded, Unpacker, UnpackLimits
+from bastion.unpack.registry import unpacker_for
 
 if TYPE_CHECKING:
     from bastion.formats.executable import ExecutableInfo

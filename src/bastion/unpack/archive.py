@@ -30,13 +30,6 @@ ARCHIVE_TYPES = frozenset({
     "CL_TYPE_CPIO_NEWC", "CL_TYPE_CPIO_CRC", "CL_TYPE_MSCAB", "CL_TYPE_RAR", "CL_TYPE_ISO9660", "CL_TYPE_XAR",
     "CL_TYPE_LHA_LZH",
 })
-# libarchive's format names for each type (narrowing the bidders: a zip is not tried as a tar)
-_FORMATS = {
-    "CL_TYPE_ZIP": "zip", "CL_TYPE_7Z": "7zip", "CL_TYPE_POSIX_TAR": "tar", "CL_TYPE_OLD_TAR": "tar",
-    "CL_TYPE_CPIO_OLD": "cpio", "CL_TYPE_CPIO_ODC": "cpio", "CL_TYPE_CPIO_NEWC": "cpio", "CL_TYPE_CPIO_CRC": "cpio",
-    "CL_TYPE_MSCAB": "cab", "CL_TYPE_RAR": "rar", "CL_TYPE_ISO9660": "iso9660", "CL_TYPE_XAR": "xar",
-    "CL_TYPE_LHA_LZH": "lha",
-}
 
 
 class ArchiveUnpacker:
@@ -48,54 +41,6 @@ class ArchiveUnpacker:
         from bastion.unpack.sandbox import run_sandboxed
 
         return run_sandboxed(data, container_path, limits)
-
-
-def read_archive(data: bytes | memoryview, container_path: str,
-                 limits: UnpackLimits) -> Iterator[ChildObject | LimitExceeded]:
-    """The members of an archive, read with libarchive in *this* process (the sandbox worker's job)."""
-    try:
-        import libarchive
-        from libarchive.exception import ArchiveError
-    except (ImportError, OSError) as exc:  # the shared library is missing
-        yield LimitExceeded("unsupported", f"libarchive is not available: {exc}")
-        return
-    blob = bytes(data)
-    cap = limits.max_filesize
-    ratio_cap = max(limits.min_ratio_bytes, limits.max_ratio * len(blob))
-    count = 0
-    try:
-        with libarchive.memory_reader(blob) as archive:
-            for entry in archive:
-                if not entry.isfile:
-                    continue  # directories, links, devices: no content of their own
-                count += 1
-                if count > limits.max_files:
-                    yield LimitExceeded("max-files", f"more than {limits.max_files} members")
-                    return
-                name = (entry.pathname or f"member{count}").lstrip("/") or f"member{count}"
-                out = bytearray()
-                problem = None
-                try:
-                    for block in entry.get_blocks():
-                        out += block
-                        if len(out) > cap:
-                            problem = LimitExceeded("max-filesize", f"{name}: larger than {cap} bytes")
-                            break
-                        if len(out) > ratio_cap:
-                            problem = LimitExceeded("max-ratio", f"{name}: ratio above {limits.max_ratio}")
-                            break
-                except ArchiveError as exc:
-                    text = str(exc)
-                    kind = "encrypted" if "ncrypt" in text or "assphrase" in text else \
-                        "unsupported" if "Unsupported" in text else "broken"
-                    yield LimitExceeded(kind, f"{name}: {text.split(' (errno')[0]}")
-                    continue
-                if problem is not None:
-                    yield problem
-                    continue
-                yield ChildObject(bytes(out), name, f"{container_path}!{name}")
-    except ArchiveError as exc:
-        yield LimitExceeded("broken", str(exc).split(" (errno")[0])
 
 
 register(ArchiveUnpacker())

@@ -4,13 +4,12 @@ An unpacker plug-in recognises a container type and yields its members as :class
 values, each with its path inside the container (``mail.eml!invoice.zip!doc.docm``).  The engine
 feeds children back through itself.  Plug-ins stream and honour :class:`UnpackLimits`; a limit that
 is reached is reported as data (``LimitExceeded``), never as a crash.  Plug-ins live beside this
-module (``compressed.py``, ``archive.py``, ...) and register themselves when :func:`load_plugins` imports
+module (``compressed.py``, ``archive.py``, ...) and register themselves when ``registry.py`` imports
 them.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -68,33 +67,9 @@ _REGISTRY: list[Unpacker] = []
 
 
 def register(unpacker: Unpacker) -> None:
-    """Make a plug-in available to the engine."""
+    """Make a plug-in available to the engine (each plug-in module calls this when imported)."""
     _REGISTRY.append(unpacker)
 
 
-_LOADED = False
-_LOAD_LOCK = threading.Lock()
-
-
-def load_plugins() -> None:
-    """Import the plug-in modules (each registers itself); cheap after the first call.
-
-    Thread-safe: scanning threads start together, and one that saw a half-filled registry would
-    silently skip unpacking (found by the archive benchmark and a .cdb test, both with -j 2)."""
-    global _LOADED
-    if _LOADED:
-        return
-    with _LOAD_LOCK:
-        if _LOADED:
-            return
-        from bastion.unpack import archive, compressed, mail  # noqa: F401 - imported for their registration
-
-        _LOADED = True
-
-
-def unpacker_for(file_type: str) -> Unpacker | None:
-    load_plugins()
-    for unpacker in _REGISTRY:
-        if file_type in unpacker.handles:
-            return unpacker
-    return None
+def registered() -> list[Unpacker]:
+    return list(_REGISTRY)

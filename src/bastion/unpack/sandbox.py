@@ -176,7 +176,7 @@ def _limit_worker(memory: int) -> None:
 
 
 def _serve() -> None:
-    from bastion.unpack.archive import read_archive
+    from bastion.unpack.libarchive_reader import read_archive
 
     stdin = sys.stdin.buffer
     out = sys.stdout.buffer

@@ -1,0 +1,56 @@
+"""Reading an archive with libarchive, in memory, within limits: the job of the sandbox worker process
+(unpack/sandbox.py), never of the scanning process (see unpack/archive.py for why)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from bastion.unpack.base import ChildObject, LimitExceeded, UnpackLimits
+
+
+def read_archive(data: bytes | memoryview, container_path: str,
+                 limits: UnpackLimits) -> Iterator[ChildObject | LimitExceeded]:
+    """The members of an archive, read with libarchive in *this* process (the sandbox worker's job)."""
+    try:
+        import libarchive
+        from libarchive.exception import ArchiveError
+    except (ImportError, OSError) as exc:  # the shared library is missing
+        yield LimitExceeded("unsupported", f"libarchive is not available: {exc}")
+        return
+    blob = bytes(data)
+    cap = limits.max_filesize
+    ratio_cap = max(limits.min_ratio_bytes, limits.max_ratio * len(blob))
+    count = 0
+    try:
+        with libarchive.memory_reader(blob) as archive:
+            for entry in archive:
+                if not entry.isfile:
+                    continue  # directories, links, devices: no content of their own
+                count += 1
+                if count > limits.max_files:
+                    yield LimitExceeded("max-files", f"more than {limits.max_files} members")
+                    return
+                name = (entry.pathname or f"member{count}").lstrip("/") or f"member{count}"
+                out = bytearray()
+                problem = None
+                try:
+                    for block in entry.get_blocks():
+                        out += block
+                        if len(out) > cap:
+                            problem = LimitExceeded("max-filesize", f"{name}: larger than {cap} bytes")
+                            break
+                        if len(out) > ratio_cap:
+                            problem = LimitExceeded("max-ratio", f"{name}: ratio above {limits.max_ratio}")
+                            break
+                except ArchiveError as exc:
+                    text = str(exc)
+                    kind = "encrypted" if "ncrypt" in text or "assphrase" in text else \
+                        "unsupported" if "Unsupported" in text else "broken"
+                    yield LimitExceeded(kind, f"{name}: {text.split(' (errno')[0]}")
+                    continue
+                if problem is not None:
+                    yield problem
+                    continue
+                yield ChildObject(bytes(out), name, f"{container_path}!{name}")
+    except ArchiveError as exc:
+        yield LimitExceeded("broken", str(exc).split(" (errno")[0])
