@@ -96,12 +96,17 @@ def test_rules_option_errors_and_strict_mode(tmp_path: Path) -> None:
     write(tmp_path / "rules" / "bad.yar", "rule fine { condition: true }\nrule broken { condition: nosuch }\n")
     target = write(tmp_path / "f", b"a goodword here\n")
     env = bastion_env(tmp_path / "cache")
-    cmd = [sys.executable, "-m", "bastion.cli.main", "scan", "--no-progress", "--rules", str(tmp_path / "rules"),
+    cmd = [sys.executable, "-m", "bastion.cli.main", "scan", "-z", "--no-progress", "--rules", str(tmp_path / "rules"),
            str(target)]
+    write(tmp_path / "rules" / "syntax.yar", "rule half { condition: (( }\n")
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 1 and "YARA.ok_rule" in r.stdout
-    assert f"{tmp_path}/rules/bad.yar:2" in r.stderr and "left out" in r.stderr
-    r = subprocess.run([*cmd[:4], "--yara-strict", *cmd[4:]], capture_output=True, text=True, env=env, timeout=120)
+    # a rule yara-x cannot compile is left out with its line; the other rules of its file still load
+    assert f"{tmp_path}/rules/bad.yar:2" in r.stderr and "rule broken left out" in r.stderr
+    assert f"{tmp_path}/rules/syntax.yar:1" in r.stderr
+    db = open_database([str(tmp_path / "rules" / "bad.yar")], use_cache=False)
+    assert [d.name for d in Engine(db).scan_bytes(b"anything at all\n").detections] == ["YARA.fine.UNOFFICIAL"]
+    r = subprocess.run([*cmd[:5], "--yara-strict", *cmd[5:]], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 2 and f"{tmp_path}/rules/bad.yar:2:" in r.stderr
     with pytest.raises(SignatureError):
         open_database([str(tmp_path / "rules" / "bad.yar")], use_cache=False, yara_strict=True)

@@ -55,9 +55,10 @@ class YaraRules:
         for src in sources:
             compiler.new_namespace(src.namespace)  # type: ignore[attr-defined]
             compiler.add_source(src.text, origin=src.path)  # type: ignore[attr-defined]
+            ignored = {r.name for r in compiler.ignored_rules()}  # type: ignore[attr-defined]
             for m in _RULE.finditer(src.text):
                 lines[f"{src.namespace}:{m.group(1)}"] = src.text.count("\n", 0, m.start(1)) + 1
-                if not m.group(0).lstrip().startswith("private"):
+                if not m.group(0).lstrip().startswith("private") and m.group(1) not in ignored:
                     count += 1
         rules = compiler.build()  # type: ignore[attr-defined]
         buf = io.BytesIO()

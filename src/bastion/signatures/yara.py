@@ -1,8 +1,9 @@
 """YARA rule files (``.yar``/``.yara``): read, checked one file at a time with yara-x, kept as text.
 
-Each file compiles alone first (with Bastion's external variables declared), so a file yara-x rejects
-is reported with its file and line and left out while every other file still loads; with ``strict``
-the first such file stops the load instead (``bastion scan --yara-strict``).  Each file becomes one
+Each file compiles alone first (with Bastion's external variables declared): a rule yara-x cannot
+compile is reported with its file and line and left out while the rest of the file loads; a file
+that does not parse is left out whole; every other file still loads.  With ``strict`` the first such
+problem stops the load instead (``bastion scan --yara-strict``).  Each file becomes one
 YARA namespace (its stem, made unique), so two files may define rules of the same name; verdicts
 print ``YARA.<rule>`` as clamscan does.
 
@@ -26,10 +27,12 @@ _NAMESPACE_CHARS = re.compile(r"[^A-Za-z0-9_]")
 
 
 def new_compiler() -> object:
-    """A yara-x compiler with Bastion's external variables declared (empty strings)."""
+    """A yara-x compiler with Bastion's external variables declared (empty strings) that leaves out a
+    rule it cannot compile (and says which) instead of failing the whole source."""
     import yara_x
 
     compiler = yara_x.Compiler()
+    compiler.ignore_invalid_rules(True)
     for name in EXTERNALS:
         compiler.define_global(name, "")
     return compiler
@@ -55,12 +58,24 @@ def parse_yara(path: str, data: bytes, sigset: SignatureSet, source_index: int, 
     compiler = new_compiler()
     try:
         compiler.add_source(text, origin=path)  # type: ignore[attr-defined]
+        # errors of rules it left out are listed too: only a syntax error means the file did not parse
+        ignored_names = {r.name for r in compiler.ignored_rules()}  # type: ignore[attr-defined]
+        syntax = [e for e in compiler.errors() if e.get("type") == "SyntaxError" or not ignored_names]  # type: ignore[attr-defined]
     except Exception as exc:  # yara_x.CompileError
-        line, reason = _first_error(exc, compiler)
+        syntax = [{"line": _first_error(exc, compiler)[0], "title": _first_error(exc, compiler)[1]}]
+    if syntax:  # the file does not parse: all of it is left out
+        line, reason = int(syntax[0].get("line") or 0), str(syntax[0].get("title") or "syntax error")
         if strict:
-            raise SignatureError(path, line, f"YARA: {reason}") from None
+            raise SignatureError(path, line, f"YARA: {reason}")
         sigset.report.yara_errors.append((path, line, reason))
         return
+    for ignored in compiler.ignored_rules():  # type: ignore[attr-defined]
+        m = re.search(rf"^[ \t]*(?:(?:private|global)\s+)*rule\s+{re.escape(ignored.name)}\b", text, re.MULTILINE)
+        line = text.count("\n", 0, m.start()) + 1 if m else 0
+        reason = f"rule {ignored.name} left out: {ignored.message.removeprefix('error: ')}"
+        if strict:
+            raise SignatureError(path, line, f"YARA: {reason}")
+        sigset.report.yara_errors.append((path, line, reason))
     stem = _NAMESPACE_CHARS.sub("_", os.path.splitext(os.path.basename(path))[0]) or "rules"
     namespace = stem
     taken = {s.namespace for s in sigset.yara}
