@@ -38,6 +38,12 @@ def _sigtool(argv: list[str]) -> int:
     return sigtool.run(argv)
 
 
+def _daemon(argv: list[str]) -> int:
+    from bastion.daemon import main as daemon_main
+
+    return daemon_main.run(argv)
+
+
 def _version(argv: list[str]) -> int:
     if argv:
         sys.stderr.write(f"bastion version: unexpected arguments: {' '.join(argv)}\n")
@@ -52,6 +58,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "clamscan": (_clamscan, "run the clamscan-compatible front end (same options and output as clamscan)"),
     "explain": (_explain, "explain every matching signature of a file in full (text, source, bytes, logic)"),
     "sigtool": (_sigtool, "signature and database tasks (hashes, container info/unpack/build, decode)"),
+    "daemon": (_daemon, "run the clamd-compatible daemon (reads clamd.conf: -c FILE)"),
     "version": (_version, "print Bastion's version"),
 }
 

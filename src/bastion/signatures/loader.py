@@ -220,6 +220,7 @@ def _load_container(cand: SourceCandidate, sigset: SignatureSet, parsers: dict, 
     sigset.report.containers.append({
         "path": cand.path, "name": h.name, "kind": container.kind, "version": h.version, "signatures": h.signatures,
         "functionality_level": h.functionality_level, "builder": h.builder, "build_time": h.build_time,
+        "unix_time": h.unix_time,
         "verification": container.verification})
     for name, data in sorted(container.members, key=lambda m: (extension(m[0]) not in (".ign", ".ign2"), m[0])):
         member_path = f"{cand.path}:{name}"
