@@ -54,6 +54,7 @@ ensure_debian_peers() {
     command -v clamdscan >/dev/null 2>&1 || missing+=(clamdscan)
     [ -d /usr/share/clamav-testfiles ] || missing+=(clamav-testfiles)
     command -v yara >/dev/null 2>&1 || missing+=(yara)
+    command -v zip >/dev/null 2>&1 || missing+=(zip)
     ensure_native_libs
     if [ "${#missing[@]}" -gt 0 ]; then
         echo "== installing Debian peers: ${missing[*]}"

@@ -228,7 +228,8 @@ def _samples() -> dict[str, bytes]:
         "bz2": bz2.compress(INFECTED * 50),
         "xz": lzma.compress(INFECTED * 50),
     }
-    for name in ("clam.7z", "clam.cab", "clam.newc.cpio", "clam.bin-le.cpio", "clam.tar.gz"):
+    for name in ("clam.7z", "clam.cab", "clam.newc.cpio", "clam.bin-le.cpio", "clam.tar.gz", "clam.exe.szdd",
+                 "clam.exe.binhex", "clam.mail"):
         if (TESTFILES / name).exists():
             out[name] = (TESTFILES / name).read_bytes()
     return out

@@ -32,8 +32,6 @@ NOT_YET = {
     "clam.impl.zip": "zip's implode method is not supported by libarchive",
     "clam.d64.zip": "zip's deflate64 method is not supported by libarchive",
     "clam.sis": "Symbian SIS is not unpacked yet",
-    "clam.exe.szdd": "SZDD (MS compress) is not unpacked yet",
-    "clam.exe.binhex": "BinHex is not decoded yet",
     "clam.exe.html": "HTML-embedded objects are not extracted yet",
     "clam.exe.rtf": "RTF embedded objects are not extracted yet",
     "clam.ppt": "OLE2 streams are not extracted yet",
@@ -85,3 +83,19 @@ def test_testfile_verdict(testfile_runs: tuple[Pair, Pair], name: str) -> None:
     else:
         assert set(allmatch.bastion.names(path)) == set(allmatch.clam.names(path)), allmatch.report(path)
     assert BODY + UNOFFICIAL in allmatch.bastion.names(path)
+
+
+@pytest.mark.parametrize("flag", ["", "--alert-encrypted", "--alert-encrypted-archive"])
+def test_encrypted_zip_heuristic(tmp_path: Path, shared_cache_dir: Path, flag: str) -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("zip") is None:
+        pytest.skip("the zip tool is needed to make an encrypted zip")
+    (tmp_path / "s.txt").write_text("secret content here\n")
+    subprocess.run(["zip", "-q", "-P", "pw", "e.zip", "s.txt"], cwd=tmp_path, check=True)
+    (tmp_path / "t.ndb").write_text("Parity.Anchor:0:*:414243444546\n")
+    args = ["--no-summary", "-d", str(tmp_path / "t.ndb"), *([flag] if flag else []), str(tmp_path / "e.zip")]
+    pair = run_both(args, tmp_path, shared_cache_dir)
+    assert pair.bastion.found == pair.clam.found and pair.bastion.rc == pair.clam.rc, pair.report()
+    assert bool(pair.clam.found) == bool(flag), pair.report()

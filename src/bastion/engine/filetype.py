@@ -37,6 +37,8 @@ _CONTAINER_MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\xc7\x71", "CL_TYPE_CPIO_OLD"),
     (b"\x71\xc7", "CL_TYPE_CPIO_OLD"),
     (b"xar!", "CL_TYPE_XAR"),
+    (b"SZDD\x88\xf0\x27\x33", "CL_TYPE_MSSZDD"),
+    (b"(This file must be converted with BinHex", "CL_TYPE_BINHEX"),
 )
 
 # target type -> the ClamAV types a signature with that target may match (libclamav matcher.h)
