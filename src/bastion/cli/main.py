@@ -44,6 +44,12 @@ def _daemon(argv: list[str]) -> int:
     return daemon_main.run(argv)
 
 
+def _api(argv: list[str]) -> int:
+    from bastion.api import main as api_main
+
+    return api_main.run(argv)
+
+
 def _version(argv: list[str]) -> int:
     if argv:
         sys.stderr.write(f"bastion version: unexpected arguments: {' '.join(argv)}\n")
@@ -59,6 +65,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "explain": (_explain, "explain every matching signature of a file in full (text, source, bytes, logic)"),
     "sigtool": (_sigtool, "signature and database tasks (hashes, container info/unpack/build, decode)"),
     "daemon": (_daemon, "run the clamd-compatible daemon (reads clamd.conf: -c FILE)"),
+    "api": (_api, "serve the REST API (scan uploads, version, health, database, Prometheus metrics)"),
     "version": (_version, "print Bastion's version"),
 }
 

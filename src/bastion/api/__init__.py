@@ -1,0 +1,1 @@
+"""The REST front end (FastAPI, served by uvicorn): ``bastion api``."""
