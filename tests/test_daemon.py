@@ -163,6 +163,27 @@ def test_tcp_and_python_clients(tree: Path, bastion: dict) -> None:
     assert py.scan_file(f"{f}/clean.txt") is None
 
 
+def test_clamav_client_and_aioclamd(tree: Path, bastion: dict) -> None:
+    import asyncio
+
+    import aioclamd
+    from clamav_client import clamd as cc
+
+    f = tree / "files"
+    client = cc.ClamdUnixSocket(bastion["sock"])
+    assert client.ping() == "PONG"
+    assert client.instream(io.BytesIO(PAYLOAD)) == {"stream": ("FOUND", "Daemon.Test.Body.UNOFFICIAL")}
+    assert client.scan(f"{f}/clean.txt") == {f"{f}/clean.txt": ("OK", None)}
+
+    async def talk() -> tuple:
+        a = aioclamd.ClamdAsyncClient(*bastion["tcp"], timeout=10)
+        return await a.ping(), await a.instream(io.BytesIO(PAYLOAD)), await a.version()
+
+    pong, streamed, version = asyncio.run(talk())
+    assert pong == "PONG" and streamed == {"stream": ("FOUND", "Daemon.Test.Body.UNOFFICIAL")}
+    assert version.startswith("ClamAV 1.4.6")
+
+
 @pytest.mark.parametrize("mode", ["", "--stream", "--fdpass", "--multiscan", "--allmatch"])
 def test_clamdscan(tree: Path, bastion: dict, mode: str) -> None:
     exe = shutil.which("clamdscan")
