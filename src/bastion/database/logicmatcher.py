@@ -42,7 +42,6 @@ from bastion.signatures.model import (
     MacroMember,
     MacroSubsig,
     PcreSubsig,
-    TargetConditions,
 )
 from bastion.signatures.offsets import Anchor, Offset
 
@@ -150,6 +149,3 @@ class LogicMatcher:
             always, macros, vacuous = marshal.loads(fh.read())
         return cls(Column(path, "Q"), Blob(os.path.join(directory, "logical.records")), always, macros, vacuous)
 
-
-def conditions_of(record: tuple) -> TargetConditions:
-    return TargetConditions(*record[2])

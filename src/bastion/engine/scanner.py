@@ -142,15 +142,17 @@ class _Hits:
 
 class _Source:
     """Where the scanned bytes can be had again to confirm a hit: kept in memory (small objects),
-    or read back from the file (``read`` a window, or the ``whole`` file)."""
+    or read back from the file (``read`` a window, or the ``whole`` file, read once and then kept for
+    every later step of the same scan: confirmation, YARA, unpacking)."""
 
-    __slots__ = ("kept", "path", "size", "limit")
+    __slots__ = ("kept", "path", "size", "limit", "_read_back")
 
     def __init__(self, size: int, kept: memoryview | None = None, path: str = "", limit: int = 0) -> None:
         self.kept = kept
         self.path = path
         self.size = size
         self.limit = limit
+        self._read_back: bytes | None = None
 
     def read(self, start: int, end: int) -> bytes | memoryview:
         if self.kept is not None:
@@ -161,8 +163,10 @@ class _Source:
     def whole(self) -> bytes | memoryview:
         if self.kept is not None:
             return self.kept
-        with open(self.path, "rb") as fh:
-            return fh.read(self.limit)
+        if self._read_back is None:
+            with open(self.path, "rb") as fh:
+                self._read_back = fh.read(self.limit)
+        return self._read_back
 
 
 _WINDOW_ANCHORS = frozenset({Anchor.ANY.value, Anchor.ABSOLUTE.value, Anchor.EOF.value})
@@ -409,13 +413,11 @@ class Engine:
             facts = ObjectFacts(size, ftype, ctx.parents[-1] if ctx.parents else "CL_TYPE_ANY", ctx.parents)
             self._evaluate_logical(views, facts, found)
         if self._yara is not None and size and (opts.allmatch or not found):
-            data = source.kept[:size] if source.kept is not None else memoryview(source.whole())
-            self._match_yara(data[: opts.max_scansize], ftype, result, ctx)
+            self._match_yara(memoryview(source.whole())[: opts.max_scansize], ftype, result, ctx)
         if opts.scan_archives and size and (opts.allmatch or not found):
             unpacker = unpacker_for(ftype)
             if unpacker is not None:
-                data = source.kept[:size] if source.kept is not None else memoryview(source.whole())
-                self._scan_children(unpacker, data, ftype, result, ctx)
+                self._scan_children(unpacker, memoryview(source.whole()), ftype, result, ctx)
         if found:
             self._apply_allow_lists(result, digests, size)
         if opts.want_sha256:
