@@ -39,7 +39,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from run_scan_bench import parse_detections, run_measured
-from workload import generate_db
+from workload import link_or_generate_db
 
 ARCHIVE_WORKLOAD_VERSION = 2
 PLANTS = 40
@@ -139,14 +139,7 @@ def ensure_workload(workdir: Path, files: int, seed: int, signatures: Path | Non
     if truth_path.exists():
         return db, corpus, json.loads(truth_path.read_text())
     shutil.rmtree(root, ignore_errors=True)
-    db.mkdir(parents=True)
-    if signatures:
-        for src in sorted(signatures.iterdir()):
-            if src.is_file():
-                (db / src.name).symlink_to(src.resolve())
-    else:
-        generate_db(db, n_hdb=100_000, n_hsb=20_000, n_ndb=5_000, n_plants=0, seed=seed,
-                    plants_path=root / "p.json")
+    link_or_generate_db(db, signatures, seed, root)
     (db / "plants.ndb").write_text("".join(f"Bench.Archive.Plant{i:03d}:0:*:{plant_text(i).hex()}\n"
                                            for i in range(PLANTS)))
     rng = random.Random(seed)

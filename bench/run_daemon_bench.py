@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from run_scan_bench import _tree_pss_kib
-from workload import generate_db
+from workload import link_or_generate_db
 
 CHUNK = 8192
 PLANT = b"daemon-bench-plant-" + bytes.fromhex("deadbeef") + b"-7f3a"
@@ -39,14 +39,7 @@ PLANT = b"daemon-bench-plant-" + bytes.fromhex("deadbeef") + b"-7f3a"
 def make_workload(root: Path, files: int, signatures: Path | None, seed: int) -> tuple[Path, list[tuple[bytes, bool]]]:
     db = root / "db"
     if not db.exists():
-        db.mkdir(parents=True)
-        if signatures:
-            for src in sorted(signatures.iterdir()):
-                if src.is_file():
-                    (db / src.name).symlink_to(src.resolve())
-        else:
-            generate_db(db, n_hdb=100_000, n_hsb=20_000, n_ndb=5_000, n_plants=0, seed=seed,
-                        plants_path=root / "p.json")
+        link_or_generate_db(db, signatures, seed, root)
         (db / "plant.ndb").write_text(f"Bench.Daemon.Plant:0:*:{PLANT.hex()}\n")
     rng = random.Random(seed)
     corpus = []

@@ -822,3 +822,16 @@ def iter_ndb_lines(path: Path) -> Iterator[tuple[str, str, str, str]]:
         for line in fh:
             name, target, offset, sig = line.rstrip("\n").split(":", 3)
             yield name, target, offset, sig
+
+
+def link_or_generate_db(db: Path, signatures: Path | None, seed: int, scratch: Path) -> None:
+    """Fill ``db`` for a front-end bench: links to every file of an existing signature folder
+    (``--signatures``), or a generated mid-size database (100k hdb, 20k hsb, 5k ndb)."""
+    db.mkdir(parents=True, exist_ok=True)
+    if signatures:
+        for src in sorted(signatures.iterdir()):
+            if src.is_file():
+                (db / src.name).symlink_to(src.resolve())
+    else:
+        generate_db(db, n_hdb=100_000, n_hsb=20_000, n_ndb=5_000, n_plants=0, seed=seed,
+                    plants_path=scratch / "p.json")

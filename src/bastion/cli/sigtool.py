@@ -26,6 +26,7 @@ import re
 import sys
 import tarfile
 import time
+from collections.abc import Iterator
 
 from bastion import FUNCTIONALITY_LEVEL
 from bastion.signatures.loader import DEFAULT_DB_DIR, DEFAULT_DB_DIR_ENV, SUPPORTED, extension
@@ -57,40 +58,43 @@ def _out(text: str) -> None:
     sys.stdout.write(text)
 
 
+class _Failed:
+    """The exit code of a command over several files: 1 once any of them failed."""
+
+    code = 0
+
+
+def _read_each(files: list[str], failed: _Failed) -> Iterator[tuple[str, bytes]]:
+    """Each readable file's path and bytes; an unreadable one is said as sigtool says it."""
+    for path in files:
+        try:
+            with open(path, "rb") as fh:
+                yield path, fh.read()
+        except OSError as exc:
+            sys.stderr.write(f"ERROR: Can't open file {path}: {exc.strerror}\n")
+            failed.code = 1
+
+
 def _hashes(algo: str, files: list[str]) -> int:
     if not files:
         _out(hashlib.new(algo, sys.stdin.buffer.read()).hexdigest() + "\n")
         return 0
-    code = 0
-    for path in files:
-        try:
-            with open(path, "rb") as fh:
-                data = fh.read()
-        except OSError as exc:
-            sys.stderr.write(f"ERROR: Can't open file {path}: {exc.strerror}\n")
-            code = 1
-            continue
+    failed = _Failed()
+    for path, data in _read_each(files, failed):
         _out(f"{hashlib.new(algo, data).hexdigest()}:{len(data)}:{os.path.basename(path)}\n")
-    return code
+    return failed.code
 
 
 def _pe_lines(files: list[str], imports: bool) -> int:
     from bastion.formats.executable import parse_executable
     from bastion.formats.pe_imports import import_text
 
-    code = 0
-    for path in files:
-        try:
-            with open(path, "rb") as fh:
-                data = fh.read()
-        except OSError as exc:
-            sys.stderr.write(f"ERROR: Can't open file {path}: {exc.strerror}\n")
-            code = 1
-            continue
+    failed = _Failed()
+    for path, data in _read_each(files, failed):
         info = parse_executable(data)
         if info is None or info.kind != "pe":
             sys.stderr.write(f"ERROR: {path} is not a PE file\n")
-            code = 1
+            failed.code = 1
             continue
         name = os.path.basename(path)
         if imports:
@@ -102,7 +106,7 @@ def _pe_lines(files: list[str], imports: bool) -> int:
             raw = data[sec.raw_offset:sec.raw_offset + sec.raw_size]
             if raw:
                 _out(f"{len(raw)}:{hashlib.md5(raw, usedforsecurity=False).hexdigest()}:{name}\n")
-    return code
+    return failed.code
 
 
 def _info(path: str) -> int:

@@ -16,7 +16,7 @@ import re
 from bastion.signatures.cltypes import CL_TYPES
 from bastion.signatures.errors import SignatureError
 from bastion.signatures.model import ContainerRule, SignatureSet
-from bastion.signatures.textdb import flevel_allows, flevel_field, is_ignored, iter_signature_lines, printed_name
+from bastion.signatures.textdb import flevel_fields_allow, is_ignored, iter_signature_lines, printed_name
 
 _RANGE = re.compile(r"(\d+)(?:-(\d+))?")
 
@@ -53,9 +53,7 @@ def parse_cdb(path: str, data: bytes, sigset: SignatureSet, source_index: int, o
             position = _range(fields[7], "file position")
         except (ValueError, re.error) as exc:
             raise SignatureError(path, number, str(exc)) from None
-        minimum = flevel_field(path, number, fields[10], "minimum") if len(fields) > 10 else 0
-        maximum = flevel_field(path, number, fields[11], "maximum") if len(fields) > 11 else None
-        if not flevel_allows(minimum, maximum):
+        if not flevel_fields_allow(path, number, fields, 10):
             sigset.report.skipped_by_flevel += 1
             continue
         if is_ignored(sigset.ignores, name, line):

@@ -18,7 +18,7 @@ from bastion.signatures.cltypes import CL_TYPES
 from bastion.signatures.errors import SignatureError
 from bastion.signatures.hexpattern import translate
 from bastion.signatures.model import FileTypeMagic, SignatureSet
-from bastion.signatures.textdb import flevel_allows, flevel_field, iter_signature_lines
+from bastion.signatures.textdb import flevel_fields_allow, iter_signature_lines
 
 MAGIC_TYPES = frozenset({0, 1, 4})
 
@@ -53,9 +53,7 @@ def parse_ftm(path: str, data: bytes, sigset: SignatureSet, source_index: int) -
                     raise ValueError("magic bytes must be an even number of hex digits")
         except ValueError as exc:
             raise SignatureError(path, number, str(exc)) from None
-        minimum = flevel_field(path, number, fields[6], "minimum") if len(fields) > 6 else 0
-        maximum = flevel_field(path, number, fields[7], "maximum") if len(fields) > 7 else None
-        if not flevel_allows(minimum, maximum):
+        if not flevel_fields_allow(path, number, fields, 6):
             sigset.report.skipped_by_flevel += 1
             continue
         sigset.filetypes.append(FileTypeMagic(kind, offset, magic, magic_text, name, rtype, ftype,

@@ -10,8 +10,7 @@ from bastion.signatures.hexpattern import translate
 from bastion.signatures.model import BodySignature, MacroMember, SignatureSet
 from bastion.signatures.offsets import EXECUTABLE_ANCHORS, EXECUTABLE_TARGETS, Anchor, parse_offset
 from bastion.signatures.textdb import (
-    flevel_allows,
-    flevel_field,
+    flevel_fields_allow,
     is_ignored,
     iter_signature_lines,
     printed_name,
@@ -32,15 +31,14 @@ def parse_ndb(path: str, data: bytes, sigset: SignatureSet, source_index: int, o
         name, target_text, offset_text, hex_text = fields[0], fields[1], fields[2], fields[3]
         if not name:
             raise SignatureError(path, number, "empty signature name")
-        minimum = flevel_field(path, number, fields[4], "minimum") if count > 4 else 0
-        maximum = flevel_field(path, number, fields[5], "maximum") if count > 5 else None
+        loads_at_this_level = flevel_fields_allow(path, number, fields, 4)
         if target_text == "*":
             target = 0
         elif target_text.isdigit():
             target = int(target_text)
         else:
             raise SignatureError(path, number, f"bad target type {target_text!r}")
-        if not flevel_allows(minimum, maximum):
+        if not loads_at_this_level:
             report.skipped_by_flevel += 1
             continue
         if target > MAX_TARGET:

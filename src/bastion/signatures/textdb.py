@@ -49,6 +49,14 @@ def flevel_allows(minimum: int, maximum: int | None) -> bool:
     return maximum is None or maximum >= FUNCTIONALITY_LEVEL
 
 
+def flevel_fields_allow(path: str, number: int, fields: list[str], first: int) -> bool:
+    """The optional ``minFL[:maxFL]`` fields at ``fields[first:]`` of a line, parsed (bad ones raise
+    :class:`SignatureError` naming the line) and held against Bastion's functionality level."""
+    minimum = flevel_field(path, number, fields[first], "minimum") if len(fields) > first else 0
+    maximum = flevel_field(path, number, fields[first + 1], "maximum") if len(fields) > first + 1 else None
+    return flevel_allows(minimum, maximum)
+
+
 def is_ignored(ignores: dict[str, set[str]], name: str, line: str) -> bool:
     """``.ign``/``.ign2``: exact bare name, optionally only while md5(full DB line) matches."""
     wanted = ignores.get(name)

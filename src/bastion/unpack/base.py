@@ -30,6 +30,20 @@ class UnpackLimits:
     max_ratio: int = 250
     min_ratio_bytes: int = 1 * MiB
 
+    def growth_cap(self, packed_size: int) -> int:
+        """How many bytes one member packed in ``packed_size`` bytes may decompress to before the
+        ratio bound stops it."""
+        return max(self.min_ratio_bytes, self.max_ratio * packed_size)
+
+    def growth_problem(self, name: str, size: int, ratio_cap: int) -> LimitExceeded | None:
+        """Checked while a member is decompressed: None while ``size`` bytes are within
+        ``max_filesize`` and ``ratio_cap`` (from :meth:`growth_cap`), else the limit it broke."""
+        if size > self.max_filesize:
+            return LimitExceeded("max-filesize", f"{name}: larger than {self.max_filesize} bytes")
+        if size > ratio_cap:
+            return LimitExceeded("max-ratio", f"{name}: compression ratio above {self.max_ratio}")
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class ChildObject:

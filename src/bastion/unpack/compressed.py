@@ -60,7 +60,7 @@ class _Stream:
     def children(self, data: bytes | memoryview, container_path: str,
                  limits: UnpackLimits) -> Iterator[ChildObject | LimitExceeded]:
         cap = limits.max_filesize
-        ratio_cap = max(limits.min_ratio_bytes, limits.max_ratio * len(data))
+        ratio_cap = limits.growth_cap(len(data))
         out = bytearray()
         view = memoryview(data)
         problem: LimitExceeded | None = None
@@ -76,11 +76,8 @@ class _Stream:
                 while True:
                     piece, pending = self._pump(dec, chunk, cap + 1 - len(out))
                     out += piece
-                    if len(out) > cap:
-                        problem = LimitExceeded("max-filesize", f"decompressed data larger than {cap} bytes")
-                        break
-                    if len(out) > ratio_cap:
-                        problem = LimitExceeded("max-ratio", f"compression ratio above {limits.max_ratio}")
+                    problem = limits.growth_problem("decompressed data", len(out), ratio_cap)
+                    if problem is not None:
                         break
                     if not pending:
                         break

@@ -18,8 +18,7 @@ def read_archive(data: bytes | memoryview, container_path: str,
         yield LimitExceeded("unsupported", f"libarchive is not available: {exc}")
         return
     blob = bytes(data)
-    cap = limits.max_filesize
-    ratio_cap = max(limits.min_ratio_bytes, limits.max_ratio * len(blob))
+    ratio_cap = limits.growth_cap(len(blob))
     count = 0
     try:
         with libarchive.memory_reader(blob) as archive:
@@ -36,11 +35,8 @@ def read_archive(data: bytes | memoryview, container_path: str,
                 try:
                     for block in entry.get_blocks():
                         out += block
-                        if len(out) > cap:
-                            problem = LimitExceeded("max-filesize", f"{name}: larger than {cap} bytes")
-                            break
-                        if len(out) > ratio_cap:
-                            problem = LimitExceeded("max-ratio", f"{name}: ratio above {limits.max_ratio}")
+                        problem = limits.growth_problem(name, len(out), ratio_cap)
+                        if problem is not None:
                             break
                 except ArchiveError as exc:
                     text = str(exc)
