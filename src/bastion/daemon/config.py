@@ -1,14 +1,21 @@
-"""clamd.conf, read the way clamd reads it: ``Option value`` lines, ``#`` comments, sizes with K/M/G,
-booleans yes/no/true/false/1/0, and the sample file's ``Example`` line refused.
+"""The daemon's settings, from clamd.conf or from Bastion's own ``bastion.toml``.
 
-Options Bastion acts on are fields of :class:`DaemonConfig`; every other known clamd option is
-accepted and named in a warning (one line each); an unknown option is an error naming its line.
+clamd.conf is read the way clamd reads it: ``Option value`` lines, ``#`` comments, sizes with K/M/G,
+booleans yes/no/true/false/1/0, and the sample file's ``Example`` line refused.  Options Bastion acts
+on are fields of :class:`DaemonConfig`; every other known clamd option is accepted and named in a
+warning (one line each); an unknown option is an error naming its line.
+
+``bastion.toml`` holds the same settings in its ``[daemon]`` table, each under the snake_case name of
+its clamd option (``LocalSocket`` -> ``local_socket``, ``TCPAddr`` -> ``tcp_addr``, a list), with the
+same meaning and the same value syntax (sizes as ``"100M"`` or a number of bytes, booleans as TOML
+booleans, the socket mode as a string of octal digits).  An unknown key is an error naming it.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+import tomllib
+from dataclasses import dataclass, field, fields
 
 MiB = 1024 * 1024
 _SIZE = re.compile(r"(\d+)([kKmMgG]?)")
@@ -23,6 +30,7 @@ class ConfigError(ValueError):
 class DaemonConfig:
     local_socket: str | None = None
     local_socket_mode: int = 0o666
+    local_socket_group: str | None = None
     tcp_socket: int | None = None
     tcp_addrs: list[str] = field(default_factory=list)
     max_threads: int = 10
@@ -41,6 +49,13 @@ class DaemonConfig:
     exclude_path: list[str] = field(default_factory=list)
     pid_file: str | None = None
     log_file: str | None = None
+    log_time: bool = False
+    log_clean: bool = False
+    user: str | None = None
+    # seconds between checks of the database directory for changes (clamd's SelfCheck); 0 = never
+    self_check: float = 600.0
+    # no: stop serving while a new database loads, so that only one is ever in memory (clamd's option)
+    concurrent_database_reload: bool = True
     foreground: bool = False
     detect_pua: bool = False
     allow_all_match_scan: bool = True
@@ -67,6 +82,12 @@ def _bool(text: str) -> bool:
 _ACTED_ON = {
     "LocalSocket": ("local_socket", str, False),
     "LocalSocketMode": ("local_socket_mode", lambda v: int(v, 8), False),
+    "LocalSocketGroup": ("local_socket_group", str, False),
+    "User": ("user", str, False),
+    "LogTime": ("log_time", _bool, False),
+    "LogClean": ("log_clean", _bool, False),
+    "SelfCheck": ("self_check", float, False),
+    "ConcurrentDatabaseReload": ("concurrent_database_reload", _bool, False),
     "TCPSocket": ("tcp_socket", int, False),
     "TCPAddr": ("tcp_addrs", str, True),
     "MaxThreads": ("max_threads", int, False),
@@ -91,9 +112,9 @@ _ACTED_ON = {
 }
 # clamd options that load but that Bastion does not act on (yet): named in a warning
 _IGNORED_NAMES = """
-LocalSocketGroup FixStaleSocket User LogTime LogSyslog LogVerbose LogClean LogFileMaxSize LogFileUnlock
-LogFacility LogRotate ExtendedDetectionInfo TemporaryDirectory OfficialDatabaseOnly ConcurrentDatabaseReload
-SelfCheck SendBufTimeout HeuristicAlerts HeuristicScanPrecedence AlertEncrypted AlertEncryptedArchive
+FixStaleSocket LogSyslog LogVerbose LogFileMaxSize LogFileUnlock
+LogFacility LogRotate ExtendedDetectionInfo TemporaryDirectory OfficialDatabaseOnly
+SendBufTimeout HeuristicAlerts HeuristicScanPrecedence AlertEncrypted AlertEncryptedArchive
 AlertEncryptedDoc AlertBrokenExecutables AlertBrokenMedia AlertOLE2Macros AlertExceedsMax
 AlertPhishingSSLMismatch AlertPhishingCloak AlertPartitionIntersection ScanPE ScanELF ScanOLE2 ScanPDF ScanSWF
 ScanHTML ScanXMLDOCS ScanHWP3 ScanOneNote ScanMail ScanArchive ScanImage ScanImageFuzzyHash
@@ -141,3 +162,72 @@ def parse_clamd_conf(path: str, text: str | None = None) -> DaemonConfig:
     if cfg.local_socket is None and cfg.tcp_socket is None:
         raise ConfigError(path, 0, "Please define server type (local and/or TCP).")
     return cfg
+
+
+def _toml_key(option: str) -> str:
+    """``TCPAddr`` -> ``tcp_addr``, ``MaxHTMLNormalize`` -> ``max_html_normalize``: clamd's name in snake_case."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", option).lower()
+
+
+# bastion.toml key -> clamd option, for every option clamd.conf knows (acted on or not)
+TOML_KEYS = {_toml_key(name): name for name in [*_ACTED_ON, *sorted(_KNOWN_IGNORED)]}
+
+
+def _toml_text(key: str, value: object) -> str:
+    """A TOML value as the text its clamd.conf line would hold, so both go through one converter."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | float | str):
+        return str(value)
+    raise ValueError(f"{key}: expected a string, number or boolean, got {type(value).__name__}")
+
+
+def parse_bastion_toml(path: str, text: str | None = None) -> DaemonConfig:
+    """The ``[daemon]`` table of ``bastion.toml`` as a :class:`DaemonConfig` (see the module's docstring)."""
+    if text is None:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+        text = raw.decode("utf-8", errors="replace")
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line = int(m.group(1)) if (m := re.search(r"line (\d+)", str(exc))) else 0
+        raise ConfigError(path, line, f"not valid TOML: {exc}") from None
+    table = doc.get("daemon", {})
+    if not isinstance(table, dict):
+        raise ConfigError(path, 0, "[daemon] must be a table")
+    lines = []
+    for key, value in table.items():
+        option = TOML_KEYS.get(key)
+        if option is None:
+            raise ConfigError(path, _line_of(text, key), f"[daemon]: unknown key {key!r}")
+        values = value if isinstance(value, list) else [value]
+        try:
+            lines += [f"{option} {_toml_text(key, v)}" for v in values]
+        except ValueError as exc:
+            raise ConfigError(path, _line_of(text, key), f"[daemon]: {exc}") from None
+    try:
+        return parse_clamd_conf(path, "\n".join(lines) + "\n")
+    except ConfigError as exc:
+        # name the TOML key, not the line of the clamd.conf text made from it
+        reason = str(exc).split(": ", 1)[1] if ": " in str(exc) else str(exc)
+        option = reason.split(":", 1)[0]
+        key = next((k for k, o in TOML_KEYS.items() if o == option), None)
+        raise ConfigError(path, _line_of(text, key) if key else 0, f"[daemon]: {reason}") from None
+
+
+def _line_of(text: str, key: str) -> int:
+    for number, line in enumerate(text.splitlines(), 1):
+        if re.match(rf"\s*{re.escape(key)}\s*=", line):
+            return number
+    return 0
+
+
+def load_config(path: str) -> DaemonConfig:
+    """clamd.conf, or bastion.toml when the file name ends in ``.toml``."""
+    return parse_bastion_toml(path) if path.endswith(".toml") else parse_clamd_conf(path)
+
+
+def config_fields() -> list[str]:
+    """The settings Bastion acts on (DaemonConfig's fields), for documentation and tests."""
+    return [f.name for f in fields(DaemonConfig) if f.name != "ignored"]

@@ -1,9 +1,17 @@
 """The clamd-compatible server: sockets, connections, commands, and database reloads.
 
 One thread accepts on every listening socket; each connection is served by a worker of a pool of
-``MaxThreads`` threads sharing one :class:`Engine`.  ``RELOAD`` (and SIGUSR2) builds a new database
-and engine in a background thread and swaps one reference: scans in flight finish on the old engine,
-new ones get the new one, and a database that fails to load leaves the old one serving.
+``MaxThreads`` threads sharing one :class:`Engine`.  At most ``MaxQueue`` connections are accepted
+and not yet finished; past that the accept loop waits and new clients queue in the kernel's backlog
+(``MaxConnectionQueueLength``), as with clamd.  ``MULTISCAN`` spreads a directory's files over a
+second pool of ``MaxThreads`` threads.
+
+``RELOAD``, SIGUSR2 and a change of the database directory (checked every ``SelfCheck`` seconds)
+compile the new database in a short-lived child process, then load it beside the old one and swap
+one reference: scans in flight finish on the old engine, new ones get the new one, and a database
+that fails to load leaves the old one serving.  With ``ConcurrentDatabaseReload no`` the daemon
+instead holds new scans back for the moment of the load (the compile is already done), lets the
+scans in flight finish and drops the old database first, so only one is ever in memory.
 Replies follow clamd 1.4 byte for byte (see ``/work/shared/docs/clamd-protocol.md``); what is not
 done yet is listed in the README.
 """
@@ -28,6 +36,8 @@ from bastion.daemon.config import DaemonConfig
 from bastion.daemon.protocol import ADVERTISED, MAX_COMMAND, Command, error, found, parse, split_command
 from bastion.database.compiled import Database, open_database
 from bastion.engine import Engine, ScanOptions, ScanResult
+
+_LOG_TIME_FORMAT = "%a %b %d %H:%M:%S %Y"
 
 SESSION_COMMANDS = frozenset({"SCAN", "INSTREAM", "FILDES", "VERSION", "VERSIONCOMMANDS", "PING", "STATS", "END"})
 
@@ -101,47 +111,163 @@ class Connection:
             pass
 
 
+class _Gate:
+    """Counts the scans in flight on the current engines; ``closed()`` holds new ones back until
+    every one in flight has finished (for a reload that frees the old database first)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._inflight = 0
+        self._closed = False
+
+    def __enter__(self) -> None:
+        with self._cond:
+            while self._closed:
+                self._cond.wait()
+            self._inflight += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._inflight -= 1
+            self._cond.notify_all()
+
+    def close_and_drain(self) -> None:
+        with self._cond:
+            self._closed = True
+            while self._inflight:
+                self._cond.wait()
+
+    def open(self) -> None:
+        with self._cond:
+            self._closed = False
+            self._cond.notify_all()
+
+
+class DaemonLog:
+    """What the daemon says: start-up, reloads and failures go to stderr and ``LogFile``; scan
+    results (FOUND and errors, clean ones with ``LogClean``) only to ``LogFile``, as clamd logs them.
+    ``LogTime`` puts clamd's time stamp in front.  The file is opened before privileges are dropped."""
+
+    def __init__(self, cfg: DaemonConfig, echo: Callable[[str], None] | None = None) -> None:
+        self._echo = echo or (lambda text: print(text, file=sys.stderr, flush=True))
+        self._time = cfg.log_time
+        self._lock = threading.Lock()
+        self._file = open(cfg.log_file, "a", encoding="utf-8", errors="replace") if cfg.log_file else None  # noqa: SIM115
+
+    def _write(self, text: str) -> None:
+        if self._file is None:
+            return
+        stamp = f"{time.strftime(_LOG_TIME_FORMAT)} -> " if self._time else ""
+        with self._lock:
+            self._file.write(f"{stamp}{text}\n")
+            self._file.flush()
+
+    def __call__(self, text: str) -> None:
+        self._echo(text)
+        self._write(text)
+
+    def scan(self, text: str) -> None:
+        self._write(text)
+
+
 class Daemon:
-    def __init__(self, cfg: DaemonConfig, log: Callable[[str], None]) -> None:
+    def __init__(self, cfg: DaemonConfig, log: DaemonLog) -> None:
         self.cfg = cfg
         self.log = log
-        self.engine = self._load()
+        self._paths = [cfg.database_directory] if cfg.database_directory else None
+        _compile_in_child(self._paths, cfg.detect_pua)
+        self.engine, self.allmatch_engine = self._engines(open_database(self._paths, pua=cfg.detect_pua))
         self.started = time.time()
         self._stop = threading.Event()
         self._reload_lock = threading.Lock()
+        self._gate = _Gate()
         self._listeners: list[tuple[socket.socket, bool]] = []
         self._busy = 0
         self._busy_lock = threading.Lock()
+        self._queue_slots = threading.BoundedSemaphore(max(1, cfg.max_queue))
         self._exclude = [re.compile(p) for p in cfg.exclude_path]
+        self._db_fingerprint = self._fingerprint()
+        self._multiscan_pool = ThreadPoolExecutor(max_workers=max(1, cfg.max_threads),
+                                                  thread_name_prefix="bastion-multiscan")
 
     # ------------------------------------------------------------------ database
-    def _load(self) -> Engine:
-        paths = [self.cfg.database_directory] if self.cfg.database_directory else None
-        _compile_in_child(paths, self.cfg.detect_pua)
-        db = open_database(paths, pua=self.cfg.detect_pua)
-        return Engine(db, self._options(False))
+    def _engines(self, db: Database) -> tuple[Engine, Engine]:
+        """The engine for every command and the one for ALLMATCHSCAN: one database, swapped together."""
+        return Engine(db, self._options(False)), Engine(db, self._options(True))
 
     def _options(self, allmatch: bool) -> ScanOptions:
         c = self.cfg
         return ScanOptions(allmatch=allmatch, max_filesize=c.max_file_size, max_scansize=c.max_scan_size,
                            max_files=c.max_files, max_recursion=c.max_recursion)
 
-    def reload(self) -> None:
-        """Build the new engine beside the old one, then swap; the old keeps serving if this fails."""
+    def reload(self, wait: bool = False) -> None:
+        """Compile the new database in a child, load it and swap; the old keeps serving if this fails."""
         if not self._reload_lock.acquire(blocking=False):
             return  # a reload is already running
 
         def work() -> None:
             try:
-                engine = self._load()
-                self.engine = engine
-                self.log(f"Database reloaded: {engine.db.signature_count} signatures")
+                self._db_fingerprint = self._fingerprint()
+                _compile_in_child(self._paths, self.cfg.detect_pua)
+                if self.cfg.concurrent_database_reload:
+                    self.engine, self.allmatch_engine = self._engines(open_database(self._paths,
+                                                                                    pua=self.cfg.detect_pua))
+                else:
+                    self._reload_in_place()
+                self.log(f"Database correctly reloaded ({self.engine.db.signature_count} signatures)")
             except Exception as exc:  # a bad database must never take the daemon down
                 self.log(f"Database reload failed, still serving the previous database: {exc}")
             finally:
                 self._reload_lock.release()
 
-        threading.Thread(target=work, name="bastion-reload", daemon=True).start()
+        if wait:
+            work()
+        else:
+            threading.Thread(target=work, name="bastion-reload", daemon=True).start()
+
+    def _reload_in_place(self) -> None:
+        """ConcurrentDatabaseReload no: drain the scans in flight, free the old database, load the new
+        one (already compiled, so this takes as long as reading it), and reopen; the old one is read
+        back from its cache directory if the new one fails to load."""
+        old_path = self.engine.db.path
+        self._gate.close_and_drain()
+        try:
+            self.engine = self.allmatch_engine = None  # type: ignore[assignment]
+            import gc
+
+            gc.collect()
+            try:
+                db = open_database(self._paths, pua=self.cfg.detect_pua)
+            except Exception:
+                db = Database.load(old_path) if old_path else open_database(self._paths, pua=self.cfg.detect_pua)
+                self.engine, self.allmatch_engine = self._engines(db)
+                raise
+            self.engine, self.allmatch_engine = self._engines(db)
+        finally:
+            self._gate.open()
+
+    def _fingerprint(self) -> tuple:
+        """Names, sizes and modification times under the database directory: what SelfCheck compares."""
+        root = self.cfg.database_directory
+        if not root:
+            return ()
+        seen = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for name in sorted(filenames):
+                try:
+                    st = os.stat(os.path.join(dirpath, name))
+                except OSError:
+                    continue
+                seen.append((dirpath, name, st.st_size, st.st_mtime_ns))
+        return tuple(seen)
+
+    def _self_check(self) -> None:
+        """clamd's SelfCheck: every so often, reload if the database directory changed."""
+        while not self._stop.wait(self.cfg.self_check):
+            if self._fingerprint() != self._db_fingerprint:
+                self.log("SelfCheck: Database modification detected. Forcing reload.")
+                self.reload(wait=True)
 
     def version(self) -> str:
         db: Database = self.engine.db
@@ -161,6 +287,10 @@ class Daemon:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             s.bind(path)
             os.chmod(path, cfg.local_socket_mode)
+            if cfg.local_socket_group:
+                import grp
+
+                os.chown(path, -1, grp.getgrnam(cfg.local_socket_group).gr_gid)
             s.listen(cfg.max_connection_queue_length)
             self._listeners.append((s, True))
         if cfg.tcp_socket is not None:
@@ -172,24 +302,47 @@ class Daemon:
                 s.listen(cfg.max_connection_queue_length)
                 self._listeners.append((s, False))
 
+    def drop_privileges(self) -> None:
+        """clamd's ``User``: once the sockets are bound and the log is open, run as that user."""
+        name = self.cfg.user
+        if not name or os.geteuid() != 0:
+            return
+        import pwd
+
+        entry = pwd.getpwnam(name)
+        os.initgroups(name, entry.pw_gid)
+        os.setgid(entry.pw_gid)
+        os.setuid(entry.pw_uid)
+
     def serve_forever(self) -> None:
         pool = ThreadPoolExecutor(max_workers=max(2, self.cfg.max_threads), thread_name_prefix="bastion-clamd")
+        if self.cfg.self_check > 0 and self.cfg.database_directory:
+            threading.Thread(target=self._self_check, name="bastion-selfcheck", daemon=True).start()
         try:
             while not self._stop.is_set():
                 ready, _, _ = select.select([s for s, _ in self._listeners], [], [], 0.5)
                 for s in ready:
+                    # MaxQueue: with every slot taken, leave new clients in the kernel's backlog
+                    while not self._queue_slots.acquire(timeout=0.5):
+                        if self._stop.is_set():
+                            return
                     unix = next(u for ls, u in self._listeners if ls is s)
                     try:
                         conn, _ = s.accept()
                     except OSError:
+                        self._queue_slots.release()
                         continue
                     pool.submit(self._serve_connection, Connection(conn, unix))
         finally:
             for s, _ in self._listeners:
                 s.close()
             if self.cfg.local_socket and os.path.exists(self.cfg.local_socket):
-                os.unlink(self.cfg.local_socket)
+                try:
+                    os.unlink(self.cfg.local_socket)
+                except OSError:
+                    pass
             pool.shutdown(wait=False, cancel_futures=True)
+            self._multiscan_pool.shutdown(wait=False, cancel_futures=True)
 
     def shutdown(self) -> None:
         self._stop.set()
@@ -218,6 +371,7 @@ class Daemon:
             conn.close()
             with self._busy_lock:
                 self._busy -= 1
+            self._queue_slots.release()
 
     def _session(self, conn: Connection) -> None:
         number = 0
@@ -275,10 +429,16 @@ class Daemon:
     def _verdict(self, tag: str, result: ScanResult, allmatch: bool = False) -> list[str]:
         if result.detections:
             names = [d.name for d in result.detections] if allmatch else [result.detections[0].name]
-            return [found(tag, n) for n in names]
-        if result.error:
-            return [error(tag, "Access denied." if result.errno == errno.EACCES else result.error)]
-        return [f"{tag}: OK"]
+            lines = [found(tag, n) for n in names]
+        elif result.error:
+            lines = [error(tag, "Access denied." if result.errno == errno.EACCES else result.error)]
+        else:
+            if self.cfg.log_clean:
+                self.log.scan(f"{tag}: OK")
+            return [f"{tag}: OK"]
+        for line in lines:
+            self.log.scan(line)
+        return lines
 
     def _instream(self, conn: Connection) -> str:
         quota = self.cfg.stream_max_length
@@ -290,7 +450,9 @@ class Daemon:
             if length > quota - len(data):
                 return "INSTREAM size limit exceeded. ERROR"
             data += conn.exact(length, self.cfg.read_timeout)
-        return self._verdict("stream", self.engine.scan_bytes(bytes(data), "stream"))[0]
+        with self._gate:
+            result = self.engine.scan_bytes(bytes(data), "stream")
+        return self._verdict("stream", result)[0]
 
     def _fildes(self, conn: Connection) -> str:
         if not conn.unix:
@@ -308,7 +470,9 @@ class Daemon:
 
             if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
                 return error(tag, "Not a regular file")
-            return self._verdict(tag, self.engine.scan_file(f"/proc/self/fd/{fd}"))[0]
+            with self._gate:
+                result = self.engine.scan_file(f"/proc/self/fd/{fd}")
+            return self._verdict(tag, result)[0]
         finally:
             os.close(fd)
 
@@ -327,13 +491,18 @@ class Daemon:
         if allmatch and not self.cfg.allow_all_match_scan:
             return [error(path, "ALLMATCHSCAN command disabled by clamd configuration.")]
         stop_at_first = name in ("SCAN", "ALLMATCHSCAN")
-        engine = self.engine if not allmatch else Engine(self.engine.db, self._options(True))
+        with self._gate:
+            engine = self.allmatch_engine if allmatch else self.engine
+            return self._walk_and_scan(path, engine, allmatch, stop_at_first, parallel=name == "MULTISCAN")
+
+    def _walk_and_scan(self, path: str, engine: Engine, allmatch: bool, stop_at_first: bool,
+                       parallel: bool) -> list[str]:
+        """SCAN/CONTSCAN/ALLMATCHSCAN walk in order; MULTISCAN hands each directory's files to the
+        multiscan pool and collects their replies in the order the files were listed."""
         lines: list[str] = []
         counts = {"items": 0, "infected": 0, "errors": 0}
 
-        def scan_one(p: str) -> bool:
-            counts["items"] += 1
-            result = engine.scan_file(p)
+        def record(p: str, result: ScanResult) -> bool:
             if result.detections:
                 counts["infected"] += 1
                 lines.extend(self._verdict(p, result, allmatch))
@@ -343,6 +512,10 @@ class Daemon:
                 lines.extend(self._verdict(p, result))
             return False
 
+        def scan_one(p: str) -> bool:
+            counts["items"] += 1
+            return record(p, engine.scan_file(p))
+
         def walk(d: str, depth: int) -> bool:
             counts["items"] += 1
             try:
@@ -351,13 +524,16 @@ class Daemon:
                 counts["errors"] += 1
                 lines.append(error(d, "Access denied." if exc.errno == errno.EACCES else str(exc.strerror)))
                 return False
-            files = [e for e in entries if e.is_file(follow_symlinks=False)]
+            files = [e.path for e in entries if e.is_file(follow_symlinks=False) and not self._excluded(e.path)]
             dirs = [e for e in entries if e.is_dir(follow_symlinks=False)]
-            for e in files:
-                if self._excluded(e.path):
-                    continue
-                if scan_one(e.path):
-                    return True
+            if parallel and len(files) > 1:
+                counts["items"] += len(files)
+                for p, result in zip(files, self._multiscan_pool.map(engine.scan_file, files), strict=True):
+                    record(p, result)
+            else:
+                for p in files:
+                    if scan_one(p):
+                        return True
             if depth < self.cfg.max_directory_recursion:
                 for e in dirs:
                     if not self._excluded(e.path) and walk(e.path, depth + 1):
@@ -393,19 +569,25 @@ def _compile_in_child(paths: list[str] | None, pua: bool) -> None:
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
 
 
-def run_daemon(cfg: DaemonConfig, log: Callable[[str], None] | None = None) -> int:
-    log = log or (lambda text: print(text, file=sys.stderr, flush=True))
+def run_daemon(cfg: DaemonConfig, echo: Callable[[str], None] | None = None) -> int:
+    log = DaemonLog(cfg, echo)
     daemon = Daemon(cfg, log)
     daemon.listen()
     if cfg.pid_file:
-        with open(cfg.pid_file, "w", encoding="ascii") as fh:
-            fh.write(f"{os.getpid()}\n")
+        from bastion.database.atomic import write_file_atomically
+
+        write_file_atomically(cfg.pid_file, f"{os.getpid()}\n".encode())
+    daemon.drop_privileges()
     signal.signal(signal.SIGUSR2, lambda *_: daemon.reload())
     signal.signal(signal.SIGTERM, lambda *_: daemon.shutdown())
     signal.signal(signal.SIGINT, lambda *_: daemon.shutdown())
     where = ", ".join(f"unix {cfg.local_socket}" if unix else f"tcp {s.getsockname()}" for s, unix in daemon._listeners)
     log(f"Bastion clamd-compatible daemon ready: {daemon.engine.db.signature_count} signatures; {where}")
     daemon.serve_forever()
-    if cfg.pid_file and os.path.exists(cfg.pid_file):
-        os.unlink(cfg.pid_file)
+    log("Bastion daemon stopped")
+    if cfg.pid_file:
+        try:
+            os.unlink(cfg.pid_file)
+        except OSError:
+            pass  # e.g. in a root-owned directory after User dropped privileges
     return 0

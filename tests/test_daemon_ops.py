@@ -1,0 +1,216 @@
+"""Running the daemon as a service: bastion.toml, LocalSocketGroup/User/LogFile, SelfCheck reloads,
+ConcurrentDatabaseReload no, MaxQueue under a flood of connections, MULTISCAN in parallel, and the
+shipped systemd unit.  Each test starts its own real daemon on a unix socket."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from bastion.daemon.config import ConfigError, DaemonConfig, parse_bastion_toml, parse_clamd_conf
+from tests.helpers import REPO, bastion_env, write
+from tests.test_daemon import ask, wait_for
+
+WORD = b"daemonopsword"
+NDB = "Daemon.Ops.Body:0:*:" + WORD.hex() + "\n"
+
+
+def instream(data: bytes) -> bytes:
+    return b"zINSTREAM\0" + len(data).to_bytes(4, "big") + data + bytes(4)
+
+
+@contextmanager
+def daemon(root: Path, config_text: str, name: str = "bastion.conf") -> Iterator[subprocess.Popen]:
+    write(root / "db" / "t.ndb", NDB)
+    cfg = write(root / name, config_text)
+    proc = subprocess.Popen([sys.executable, "-m", "bastion.daemon.main", "-c", str(cfg)],
+                            env=bastion_env(root / "cache"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        wait_for(str(root / "d.sock"), proc)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def base_conf(root: Path, extra: str = "") -> str:
+    return (f"LocalSocket {root}/d.sock\nDatabaseDirectory {root}/db\nCommandReadTimeout 2\nReadTimeout 3\n"
+            f"Foreground yes\n{extra}")
+
+
+def test_bastion_toml_means_the_same_as_clamd_conf(tmp_path: Path) -> None:
+    conf = parse_clamd_conf("c.conf", """LocalSocket /run/b.sock
+LocalSocketMode 660
+LocalSocketGroup nogroup
+TCPSocket 3310
+TCPAddr 127.0.0.1
+TCPAddr ::1
+MaxThreads 4
+StreamMaxLength 25M
+MaxScanSize 1G
+ExcludePath ^/proc/
+DetectPUA yes
+ConcurrentDatabaseReload no
+SelfCheck 30
+ScanPDF yes
+""")
+    toml = parse_bastion_toml("b.toml", """[daemon]
+local_socket = "/run/b.sock"
+local_socket_mode = "660"
+local_socket_group = "nogroup"
+tcp_socket = 3310
+tcp_addr = ["127.0.0.1", "::1"]
+max_threads = 4
+stream_max_length = "25M"
+max_scan_size = 1073741824
+exclude_path = ["^/proc/"]
+detect_pua = true
+concurrent_database_reload = false
+self_check = 30
+scan_pdf = true
+""")
+    assert toml == conf
+    assert conf.local_socket_mode == 0o660 and conf.stream_max_length == 25 * 1024 * 1024
+    assert conf.tcp_addrs == ["127.0.0.1", "::1"] and conf.ignored == ["ScanPDF"]
+    assert DaemonConfig().self_check == 600  # clamd's default
+    with pytest.raises(ConfigError, match=r"b.toml:3: \[daemon\]: unknown key 'max_thread'"):
+        parse_bastion_toml("b.toml", '[daemon]\nlocal_socket = "/x"\nmax_thread = 4\n')
+    with pytest.raises(ConfigError, match=r"b.toml:2: \[daemon\]: StreamMaxLength: bad size"):
+        parse_bastion_toml("b.toml", '[daemon]\nstream_max_length = "lots"\nlocal_socket = "/x"\n')
+    with pytest.raises(ConfigError, match=r"b.toml:2: not valid TOML"):
+        parse_bastion_toml("b.toml", "[daemon]\nmax_threads = = 4\n")
+
+
+def test_daemon_runs_from_bastion_toml(tmp_path: Path) -> None:
+    text = (f'[daemon]\nlocal_socket = "{tmp_path}/d.sock"\ndatabase_directory = "{tmp_path}/db"\n'
+            f'stream_max_length = "1K"\nforeground = true\n')
+    with daemon(tmp_path, text, "bastion.toml"):
+        sock = str(tmp_path / "d.sock")
+        assert ask(sock, instream(b"a " + WORD + b" b")) == b"stream: Daemon.Ops.Body.UNOFFICIAL FOUND\0"
+        assert ask(sock, instream(b"x" * 2000)) == b"INSTREAM size limit exceeded. ERROR\0"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges (User) needs root")
+def test_user_group_and_log_file(tmp_path: Path) -> None:
+    log = tmp_path / "clamd.log"
+    extra = f"LocalSocketGroup nogroup\nLocalSocketMode 660\nUser nobody\nLogFile {log}\nLogTime yes\nLogClean yes\n"
+    with daemon(tmp_path, base_conf(tmp_path, extra)) as proc:
+        sock = str(tmp_path / "d.sock")
+        st = os.stat(sock)
+        assert st.st_gid == 65534 and st.st_mode & 0o777 == 0o660
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        assert re.search(r"^Uid:\s+65534\s", status, re.M), status
+        assert ask(sock, instream(WORD)) == b"stream: Daemon.Ops.Body.UNOFFICIAL FOUND\0"
+        assert ask(sock, instream(b"clean")) == b"stream: OK\0"
+        text = log.read_text()
+    stamp = r"\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4} -> "
+    assert re.search(stamp + r"stream: Daemon.Ops.Body.UNOFFICIAL FOUND$", text, re.M), text
+    assert re.search(stamp + r"stream: OK$", text, re.M), text
+    assert "daemon ready" in text
+
+
+@pytest.mark.parametrize("concurrent", ["yes", "no"])
+def test_self_check_reloads_a_changed_database_while_serving(tmp_path: Path, concurrent: str) -> None:
+    extra = f"SelfCheck 1\nConcurrentDatabaseReload {concurrent}\nMaxThreads 4\n"
+    with daemon(tmp_path, base_conf(tmp_path, extra)):
+        sock = str(tmp_path / "d.sock")
+        probe = instream(b"new selfcheckword here")
+        assert ask(sock, probe) == b"stream: OK\0"
+        stop = threading.Event()
+        replies: list[bytes] = []
+
+        def client() -> None:  # keeps scanning while the database changes under it
+            while not stop.is_set():
+                replies.append(ask(sock, instream(b"a " + WORD), timeout=20))
+
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            write(tmp_path / "db" / "new.ndb", "Daemon.Ops.New:0:*:" + b"selfcheckword".hex() + "\n")
+            deadline = time.monotonic() + 60
+            while ask(sock, probe) != b"stream: Daemon.Ops.New.UNOFFICIAL FOUND\0":
+                assert time.monotonic() < deadline, "the changed database was never loaded"
+                time.sleep(0.3)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+    assert replies and set(replies) == {b"stream: Daemon.Ops.Body.UNOFFICIAL FOUND\0"}
+
+
+def test_flood_past_the_queue_keeps_serving(tmp_path: Path) -> None:
+    extra = "MaxThreads 2\nMaxQueue 4\nMaxConnectionQueueLength 8\nCommandReadTimeout 1\n"
+    with daemon(tmp_path, base_conf(tmp_path, extra)) as proc:
+        sock = str(tmp_path / "d.sock")
+        fds_before = len(os.listdir(f"/proc/{proc.pid}/fd"))
+        flood = []
+        for _ in range(200):  # clients that connect and say nothing: far past queue and backlog
+            s = socket.socket(socket.AF_UNIX)
+            s.setblocking(False)
+            try:
+                s.connect(sock)
+            except (BlockingIOError, ConnectionRefusedError, OSError):
+                pass
+            flood.append(s)
+        try:
+            fds_during = len(os.listdir(f"/proc/{proc.pid}/fd"))
+            assert fds_during <= fds_before + 4 + 1, "the daemon accepted past MaxQueue"
+            deadline = time.monotonic() + 60
+            answer = b""
+            while answer != b"PONG\0" and time.monotonic() < deadline:
+                try:
+                    answer = ask(sock, b"zPING\0", 5)
+                except OSError:
+                    time.sleep(0.2)
+            assert answer == b"PONG\0", "a real client was never served during the flood"
+        finally:
+            for s in flood:
+                s.close()
+        assert ask(sock, b"zPING\0") == b"PONG\0"
+        assert proc.poll() is None
+
+
+def test_multiscan_scans_in_parallel_with_the_same_replies(tmp_path: Path) -> None:
+    files = tmp_path / "files"
+    for i in range(24):
+        write(files / f"f{i:02d}.txt", (WORD if i % 3 == 0 else b"clean") + b" %d" % i)
+    with daemon(tmp_path, base_conf(tmp_path, "MaxThreads 4\n")) as proc:
+        sock = str(tmp_path / "d.sock")
+        cont = ask(sock, f"zCONTSCAN {files}\0".encode()).split(b"\0")
+        threads_before = len(os.listdir(f"/proc/{proc.pid}/task"))
+        multi = ask(sock, f"zMULTISCAN {files}\0".encode()).split(b"\0")
+        threads_after = len(os.listdir(f"/proc/{proc.pid}/task"))
+        assert sorted(multi) == sorted(cont)
+        assert len([x for x in multi if x.endswith(b"FOUND")]) == 8
+        assert threads_after - threads_before >= 2, "MULTISCAN scanned on one thread"
+
+
+def test_systemd_unit_is_valid_and_sandboxed() -> None:
+    unit = REPO / "packaging" / "systemd" / "bastion-clamd.service"
+    text = unit.read_text()
+    for option in ("NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "ProtectHome=",
+                   "RuntimeDirectory=bastion", "ExecReload=/bin/kill -USR2 $MAINPID"):
+        assert option in text, option
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    r = subprocess.run([analyze, "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=60)
+    problems = [line for line in r.stderr.splitlines()
+                if str(unit.name) in line and "Command" not in line and "executable" not in line.lower()]
+    assert not problems, r.stderr
