@@ -3,18 +3,28 @@
 same clients, in one run.
 
     python bench/run_daemon_bench.py --workdir DIR [--clients 64] [--seconds 20] [--files 400]
-                                     [--signatures DIR] [--bastion-clamd CMD] [--clamd PATH] [--soak]
+                                     [--signatures DIR] [--bastion-clamd CMD] [--clamd PATH]
+                                     [--client c|python] [--reload-mode yes|no] [--soak]
 
-For each daemon: start it on a unix socket in DIR, wait for PONG, then ``--clients`` threads send the
+For each daemon: start it on a unix socket in DIR, wait for PONG, then ``--clients`` clients send the
 corpus files by ``zINSTREAM`` (8 KiB chunks, as clamdscan) in a loop for ``--seconds``; count replies,
-errors (anything but ``stream: OK``/``FOUND``, or a wrong verdict) and per-request latency; sample the
-daemon's PSS (process tree) at the start and the end.  ``--soak`` runs 600 s and reports RSS growth.
-Prints a Markdown table: throughput (requests/s, MiB/s), p50/p99 latency, errors, memory.
+errors (anything but ``stream: OK``/``FOUND``, or a wrong verdict) and per-request latency.  The
+clients are ``bench/instream_load.c`` (compiled here with the system's cc; a Python client on the same
+2 cores would be what is measured) or, with ``--client python``, threads of this process.
+
+Memory is sampled every 0.2 s, as PSS of the daemon process and of its whole process tree (the
+compile child included).  After the steady phase a small signature file is added to the database
+directory and ``RELOAD`` is sent while the load goes on; the reload phase lasts until the new
+signature answers, plus 2 s.  Its peak is compared with the steady phase's peak (issue 6: at most
+1.2x for Bastion; clamd needs about 2x).  ``--reload-mode`` sets Bastion's ConcurrentDatabaseReload.
+``--soak`` makes the steady phase 600 s and reports PSS growth from its first to its last minute.
+Prints a Markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shlex
@@ -27,9 +37,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from run_scan_bench import _tree_pss_kib
+from run_scan_bench import _pss_kib, _tree_pss_kib
 from workload import link_or_generate_db
 
 CHUNK = 8192
@@ -90,8 +101,10 @@ def wait_ready(sock_path: str, proc: subprocess.Popen, seconds: float = 300) -> 
     raise RuntimeError("the daemon did not answer PING")
 
 
-def load(sock_path: str, corpus: list[tuple[bytes, bool]], clients: int, seconds: float) -> dict:
+def load(sock_path: str, corpus: list[tuple[bytes, bool]], clients: int, seconds: float,
+         halt: threading.Event | None = None) -> dict:
     stop = time.monotonic() + seconds
+    halt = halt or threading.Event()
     latencies: list[float] = []
     errors = [0]
     nbytes = [0]
@@ -99,7 +112,7 @@ def load(sock_path: str, corpus: list[tuple[bytes, bool]], clients: int, seconds
 
     def client(k: int) -> None:
         i = k
-        while time.monotonic() < stop:
+        while time.monotonic() < stop and not halt.is_set():
             data, infected = corpus[i % len(corpus)]
             i += clients
             t0 = time.perf_counter()
@@ -127,18 +140,118 @@ def load(sock_path: str, corpus: list[tuple[bytes, bool]], clients: int, seconds
             "p99": latencies[int(len(latencies) * 0.99)] if latencies else 0.0}
 
 
-def run_one(label: str, cmd: list[str], conf: Path, sock_path: str, corpus: list, clients: int, seconds: float,
-            env: dict[str, str]) -> dict:
+class MemorySampler:
+    """PSS of the daemon and of its process tree every 0.2 s, in labelled phases."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.phase = "warm-up"
+        self.samples: list[tuple[str, float, float, float]] = []  # phase, time, process MiB, tree MiB
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self.samples.append((self.phase, time.monotonic(), _pss_kib(self.pid) / 1024,
+                                 _tree_pss_kib(self.pid) / 1024))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def peak(self, phase: str, column: int) -> float:
+        return max((s[column] for s in self.samples if s[0] == phase), default=0.0)
+
+    def window(self, phase: str, first: bool, seconds: float = 60) -> float:
+        """Median tree PSS over the first (or last) ``seconds`` of a phase."""
+        rows = [s for s in self.samples if s[0] == phase]
+        if not rows:
+            return 0.0
+        edge = rows[0][1] + seconds if first else rows[-1][1] - seconds
+        picked = [s[3] for s in rows if (s[1] <= edge if first else s[1] >= edge)]
+        return statistics.median(picked)
+
+
+def c_client(workdir: Path) -> Path | None:
+    """bench/instream_load.c compiled into the work directory (None without a C compiler)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None
+    exe = workdir / "instream_load"
+    src = Path(__file__).with_name("instream_load.c")
+    if not exe.exists() or exe.stat().st_mtime < src.stat().st_mtime:
+        subprocess.run([cc, "-O2", "-pthread", "-o", str(exe), str(src)], check=True)
+    return exe
+
+
+def load_c(exe: Path, sock_path: str, listing: Path, clients: int, seconds: float) -> dict:
+    out = subprocess.run([str(exe), sock_path, str(clients), str(seconds), str(listing)], check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def run_one(cmd: list[str], conf: Path, sock_path: str, db: Path, corpus: list, args: argparse.Namespace,
+            env: dict[str, str], listing: Path | None, exe: Path | None) -> dict:
+    seconds = 600.0 if args.soak else args.seconds
+
+    def drive(n_clients: int, secs: float, files: list | None = None) -> dict:
+        if exe is not None and listing is not None and files is None:
+            return load_c(exe, sock_path, listing, n_clients, secs)
+        return load(sock_path, files or corpus, n_clients, secs)
+
+    extra = db / "zz-reload.ndb"
+    extra.unlink(missing_ok=True)
     proc = subprocess.Popen([*cmd, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    sampler = None
     try:
         wait_ready(sock_path, proc)
-        load(sock_path, corpus[:20], 4, 2)  # warm up
-        start_pss = _tree_pss_kib(proc.pid)
-        result = load(sock_path, corpus, clients, seconds)
-        result["pss_start"] = start_pss / 1024
-        result["pss_end"] = _tree_pss_kib(proc.pid) / 1024
+        drive(4, 2, corpus[:20])  # warm up
+        sampler = MemorySampler(proc.pid)
+        sampler.phase = "steady"
+        result = drive(args.clients, seconds)
+        # reload under load: a new signature file, RELOAD, keep the clients going until it answers
+        probe = b"reload-bench-" + os.urandom(4).hex().encode() + b"-probe"
+        extra.write_text(f"Bench.Daemon.Reloaded:0:*:{probe.hex()}\n")
+        sampler.phase = "reload"
+        halt = threading.Event()
+        reload_result: dict = {}
+        t0 = time.monotonic()
+        # a quarter of the clients keep scanning through the reload (Python threads: they must stop
+        # when the reload is seen, which a fixed-length C run cannot)
+        loader = threading.Thread(target=lambda: reload_result.update(
+            load(sock_path, corpus, max(1, args.clients // 4), 3600, halt)), daemon=True)
+        loader.start()
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(sock_path)
+            s.sendall(b"zRELOAD\0")
+            s.recv(64)
+        reload_seconds = None
+        while time.monotonic() - t0 < 300:
+            try:
+                if instream(sock_path, probe).endswith(b"FOUND\0"):
+                    reload_seconds = time.monotonic() - t0
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        time.sleep(2)
+        halt.set()
+        loader.join()
+        sampler.stop()
+        result["reload_seconds"] = reload_seconds
+        result["reload_errors"] = reload_result.get("errors", 0)
+        result["steady_process"] = sampler.peak("steady", 2)
+        result["steady_tree"] = sampler.peak("steady", 3)
+        result["reload_process"] = sampler.peak("reload", 2)
+        result["reload_tree"] = sampler.peak("reload", 3)
+        result["pss_start"] = sampler.window("steady", True)
+        result["pss_end"] = sampler.window("steady", False)
         return result
     finally:
+        if sampler is not None:
+            sampler.stop()
+        extra.unlink(missing_ok=True)
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=30)
@@ -157,36 +270,73 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bastion-clamd", default=shutil.which("bastion-clamd") or "bastion-clamd")
     ap.add_argument("--clamd", default=shutil.which("clamd") or "/usr/sbin/clamd")
     ap.add_argument("--threads", type=int, default=10, help="MaxThreads for both daemons (clamd's default)")
-    ap.add_argument("--soak", action="store_true", help="600 s per daemon; report memory growth")
+    ap.add_argument("--client", choices=["c", "python"], default="c")
+    ap.add_argument("--reload-mode", choices=["yes", "no"], default="yes",
+                    help="Bastion's ConcurrentDatabaseReload (clamd keeps its default, yes)")
+    ap.add_argument("--only", choices=["clamd", "bastion"], default=None, help="run one daemon")
+    ap.add_argument("--soak", action="store_true", help="600 s steady phase per daemon; report memory growth")
     args = ap.parse_args(argv)
     seconds = 600.0 if args.soak else args.seconds
     root = args.workdir / (f"daemon-n{args.files}-seed{args.seed}" + ("-sig" if args.signatures else ""))
     root.mkdir(parents=True, exist_ok=True)
     db, corpus = make_workload(root, args.files, args.signatures, args.seed)
+    exe = c_client(root) if args.client == "c" else None
+    listing = None
+    if exe is not None:
+        files_dir = root / "corpus"
+        files_dir.mkdir(exist_ok=True)
+        lines = []
+        for n, (data, infected) in enumerate(corpus):
+            path = files_dir / f"f{n:05d}.bin"
+            if not path.exists():
+                path.write_bytes(data)
+            lines.append(f"{int(infected)} {path}\n")
+        listing = root / "corpus.list"
+        listing.write_text("".join(lines))
     cache = Path(tempfile.mkdtemp(prefix="bastion-daemon-bench-cache-"))
     env = dict(os.environ, BASTION_CACHE_DIR=str(cache))
     results = {}
-    for label, cmd in (("clamd", [args.clamd, "-F"]), ("bastion", [*shlex.split(args.bastion_clamd), "-F"])):
+    daemons = (("clamd", [args.clamd, "-F"]), ("bastion", [*shlex.split(args.bastion_clamd), "-F"]))
+    for label, cmd in daemons:
+        if args.only and label != args.only:
+            continue
         sock_path = str(root / f"{label}.sock")
         conf = root / f"{label}.conf"
+        reload_mode = args.reload_mode if label == "bastion" else "yes"
         conf.write_text(f"LocalSocket {sock_path}\nDatabaseDirectory {db}\nMaxThreads {args.threads}\n"
-                        f"StreamMaxLength 100M\nForeground yes\n")
-        results[label] = run_one(label, cmd, conf, sock_path, corpus, args.clients, seconds, env)
+                        f"StreamMaxLength 100M\nForeground yes\nSelfCheck 0\n"
+                        f"ConcurrentDatabaseReload {reload_mode}\n")
+        results[label] = run_one(cmd, conf, sock_path, db, corpus, args, env, listing, exe)
+        print(f"{label}: {json.dumps(results[label])}", file=sys.stderr)
     shutil.rmtree(cache, ignore_errors=True)
-    c, b = results["clamd"], results["bastion"]
-    rps = {k: v["requests"] / v["wall"] for k, v in results.items()}
-    mibs = {k: v["bytes"] / v["wall"] / 2**20 for k, v in results.items()}
-    print(f"{args.clients} clients, INSTREAM, {len(corpus)} files (2 KB-200 KB, 1 in 10 infected), "
-          f"{seconds:g} s per daemon, MaxThreads {args.threads}\n")
-    print("| measure | clamd | bastion | ratio |\n|---|---|---|---|")
-    print(f"| requests/s | {rps['clamd']:.1f} | {rps['bastion']:.1f} | {rps['bastion'] / rps['clamd']:.2f}x |")
-    print(f"| MiB/s | {mibs['clamd']:.1f} | {mibs['bastion']:.1f} | |")
-    print(f"| latency p50 (ms) | {c['p50'] * 1000:.1f} | {b['p50'] * 1000:.1f} | |")
-    print(f"| latency p99 (ms) | {c['p99'] * 1000:.1f} | {b['p99'] * 1000:.1f} | |")
-    print(f"| errors | {c['errors']} | {b['errors']} | |")
-    print(f"| PSS at start / end (MiB) | {c['pss_start']:.0f} / {c['pss_end']:.0f} | "
-          f"{b['pss_start']:.0f} / {b['pss_end']:.0f} | |")
-    return 0 if c["errors"] == 0 and b["errors"] == 0 else 1
+    client = "C client (bench/instream_load.c)" if exe else "Python threads"
+    print(f"{args.clients} clients ({client}), INSTREAM, {len(corpus)} files (2 KB-200 KB, 1 in 10 infected), "
+          f"{seconds:g} s steady phase per daemon, MaxThreads {args.threads}, "
+          f"Bastion ConcurrentDatabaseReload {args.reload_mode}\n")
+    print("| measure | " + " | ".join(results) + " | ratio |\n|---|" + "---|" * len(results) + "---|")
+
+    def row(name: str, fmt: Callable[[dict], str], ratio: Callable[[dict, dict], str] | None = None) -> None:
+        cells = " | ".join(fmt(v) for v in results.values())
+        both = "clamd" in results and "bastion" in results
+        print(f"| {name} | {cells} | {ratio(results['clamd'], results['bastion']) if ratio and both else ''} |")
+
+    row("requests/s", lambda v: f"{v['requests'] / v['wall']:.1f}",
+        lambda c, b: f"{(b['requests'] / b['wall']) / (c['requests'] / c['wall']):.2f}x")
+    row("MiB/s", lambda v: f"{v['bytes'] / v['wall'] / 2**20:.1f}")
+    row("latency p50 / p99 (ms)", lambda v: f"{v['p50'] * 1000:.1f} / {v['p99'] * 1000:.1f}")
+    row("errors (steady / during reload)", lambda v: f"{v['errors']} / {v['reload_errors']}")
+    row("PSS steady peak, process / tree (MiB)", lambda v: f"{v['steady_process']:.0f} / {v['steady_tree']:.0f}",
+        lambda c, b: f"{b['steady_tree'] / c['steady_tree']:.2f}x")
+    row("PSS reload peak, process / tree (MiB)", lambda v: f"{v['reload_process']:.0f} / {v['reload_tree']:.0f}",
+        lambda c, b: f"{b['reload_tree'] / c['reload_tree']:.2f}x")
+    row("reload peak / steady peak, process / tree",
+        lambda v: f"{v['reload_process'] / v['steady_process']:.2f}x / {v['reload_tree'] / v['steady_tree']:.2f}x")
+    row("reload took (s, RELOAD to the new signature answering)",
+        lambda v: f"{v['reload_seconds']:.1f}" if v["reload_seconds"] else "never")
+    row("PSS first / last minute of steady phase (MiB)", lambda v: f"{v['pss_start']:.0f} / {v['pss_end']:.0f} "
+        f"({(v['pss_end'] / v['pss_start'] - 1) * 100:+.0f}%)" if v["pss_start"] else "n/a")
+    bad = sum(v["errors"] + v["reload_errors"] for v in results.values())
+    return 0 if bad == 0 else 1
 
 
 if __name__ == "__main__":

@@ -31,10 +31,10 @@ def instream(data: bytes) -> bytes:
 
 
 @contextmanager
-def daemon(root: Path, config_text: str, name: str = "bastion.conf") -> Iterator[subprocess.Popen]:
+def daemon(root: Path, config_text: str, name: str = "bastion.conf", workers: int = 2) -> Iterator[subprocess.Popen]:
     write(root / "db" / "t.ndb", NDB)
     cfg = write(root / name, config_text)
-    proc = subprocess.Popen([sys.executable, "-m", "bastion.daemon.main", "-c", str(cfg)],
+    proc = subprocess.Popen([sys.executable, "-m", "bastion.daemon.main", "-c", str(cfg), "--workers", str(workers)],
                             env=bastion_env(root / "cache"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     try:
@@ -46,6 +46,31 @@ def daemon(root: Path, config_text: str, name: str = "bastion.conf") -> Iterator
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its children (the worker processes of the daemon's supervisor)."""
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+                kids.append(int(entry))
+    return [pid, *kids]
+
+
+def count_in_tree(pid: int, what: str) -> int:
+    """Open descriptors (``fd``) or threads (``task``) of the daemon's processes together."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            total += len(os.listdir(f"/proc/{p}/{what}"))
+        except OSError:
+            pass
+    return total
 
 
 def base_conf(root: Path, extra: str = "") -> str:
@@ -124,10 +149,10 @@ def test_user_group_and_log_file(tmp_path: Path) -> None:
     assert "daemon ready" in text
 
 
-@pytest.mark.parametrize("concurrent", ["yes", "no"])
-def test_self_check_reloads_a_changed_database_while_serving(tmp_path: Path, concurrent: str) -> None:
+@pytest.mark.parametrize(("concurrent", "workers"), [("yes", 1), ("no", 1), ("yes", 2), ("no", 2)])
+def test_self_check_reloads_a_changed_database_while_serving(tmp_path: Path, concurrent: str, workers: int) -> None:
     extra = f"SelfCheck 1\nConcurrentDatabaseReload {concurrent}\nMaxThreads 4\n"
-    with daemon(tmp_path, base_conf(tmp_path, extra)):
+    with daemon(tmp_path, base_conf(tmp_path, extra), workers=workers):
         sock = str(tmp_path / "d.sock")
         probe = instream(b"new selfcheckword here")
         assert ask(sock, probe) == b"stream: OK\0"
@@ -158,7 +183,7 @@ def test_flood_past_the_queue_keeps_serving(tmp_path: Path) -> None:
     extra = "MaxThreads 2\nMaxQueue 4\nMaxConnectionQueueLength 8\nCommandReadTimeout 1\n"
     with daemon(tmp_path, base_conf(tmp_path, extra)) as proc:
         sock = str(tmp_path / "d.sock")
-        fds_before = len(os.listdir(f"/proc/{proc.pid}/fd"))
+        fds_before = count_in_tree(proc.pid, "fd")
         flood = []
         for _ in range(200):  # clients that connect and say nothing: far past queue and backlog
             s = socket.socket(socket.AF_UNIX)
@@ -169,8 +194,11 @@ def test_flood_past_the_queue_keeps_serving(tmp_path: Path) -> None:
                 pass
             flood.append(s)
         try:
-            fds_during = len(os.listdir(f"/proc/{proc.pid}/fd"))
-            assert fds_during <= fds_before + 4 + 1, "the daemon accepted past MaxQueue"
+            time.sleep(0.5)
+            fds_during = count_in_tree(proc.pid, "fd")
+            # MaxQueue 4, shared out among the worker processes (rounded up: one more each at most)
+            workers = len(process_tree(proc.pid)) - 1
+            assert fds_during <= fds_before + 4 + workers, "the daemon accepted past MaxQueue"
             deadline = time.monotonic() + 60
             answer = b""
             while answer != b"PONG\0" and time.monotonic() < deadline:
@@ -186,16 +214,34 @@ def test_flood_past_the_queue_keeps_serving(tmp_path: Path) -> None:
         assert proc.poll() is None
 
 
+def test_worker_processes_are_restarted_and_stop_together(tmp_path: Path) -> None:
+    with daemon(tmp_path, base_conf(tmp_path), workers=2) as proc:
+        sock = str(tmp_path / "d.sock")
+        workers = process_tree(proc.pid)[1:]
+        assert len(workers) == 2
+        os.kill(workers[0], 9)  # a worker that crashes is replaced; the others keep serving
+        assert ask(sock, instream(WORD)) == b"stream: Daemon.Ops.Body.UNOFFICIAL FOUND\0"
+        deadline = time.monotonic() + 20
+        while len(process_tree(proc.pid)) - 1 != 2 or workers[0] in process_tree(proc.pid):
+            assert time.monotonic() < deadline, "the dead worker was not replaced"
+            time.sleep(0.2)
+        assert ask(sock, b"zSHUTDOWN\0") == b""  # SHUTDOWN from any worker stops them all
+        proc.wait(timeout=30)
+        assert not any(os.path.exists(f"/proc/{w}") and Path(f"/proc/{w}/stat").read_text().split()[2] != "Z"
+                       for w in process_tree(proc.pid)[1:])
+        assert not (tmp_path / "d.sock").exists()
+
+
 def test_multiscan_scans_in_parallel_with_the_same_replies(tmp_path: Path) -> None:
     files = tmp_path / "files"
     for i in range(24):
         write(files / f"f{i:02d}.txt", (WORD if i % 3 == 0 else b"clean") + b" %d" % i)
-    with daemon(tmp_path, base_conf(tmp_path, "MaxThreads 4\n")) as proc:
+    with daemon(tmp_path, base_conf(tmp_path, "MaxThreads 4\n"), workers=1) as proc:
         sock = str(tmp_path / "d.sock")
         cont = ask(sock, f"zCONTSCAN {files}\0".encode()).split(b"\0")
-        threads_before = len(os.listdir(f"/proc/{proc.pid}/task"))
+        threads_before = count_in_tree(proc.pid, "task")
         multi = ask(sock, f"zMULTISCAN {files}\0".encode()).split(b"\0")
-        threads_after = len(os.listdir(f"/proc/{proc.pid}/task"))
+        threads_after = count_in_tree(proc.pid, "task")
         assert sorted(multi) == sorted(cont)
         assert len([x for x in multi if x.endswith(b"FOUND")]) == 8
         assert threads_after - threads_before >= 2, "MULTISCAN scanned on one thread"

@@ -56,10 +56,20 @@ class DaemonConfig:
     self_check: float = 600.0
     # no: stop serving while a new database loads, so that only one is ever in memory (clamd's option)
     concurrent_database_reload: bool = True
+    # Bastion's own: processes that serve connections (each with max_threads / workers threads); they
+    # share the loaded database copy-on-write.  clamd.conf has no such option: bastion.toml or --workers.
+    workers: int = field(default_factory=lambda: default_workers())
     foreground: bool = False
     detect_pua: bool = False
     allow_all_match_scan: bool = True
     ignored: list[str] = field(default_factory=list)
+
+
+def default_workers() -> int:
+    """One serving process per core, at most 4 (each costs about 20 MiB of its own)."""
+    import os
+
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
 def _size(text: str) -> int:
@@ -170,6 +180,8 @@ def _toml_key(option: str) -> str:
 
 
 # bastion.toml key -> clamd option, for every option clamd.conf knows (acted on or not)
+# bastion.toml [daemon] keys with no clamd.conf option
+BASTION_ONLY_KEYS = ("workers",)
 TOML_KEYS = {_toml_key(name): name for name in [*_ACTED_ON, *sorted(_KNOWN_IGNORED)]}
 
 
@@ -197,7 +209,13 @@ def parse_bastion_toml(path: str, text: str | None = None) -> DaemonConfig:
     if not isinstance(table, dict):
         raise ConfigError(path, 0, "[daemon] must be a table")
     lines = []
+    own: dict[str, int] = {}
     for key, value in table.items():
+        if key in BASTION_ONLY_KEYS:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(path, _line_of(text, key), f"[daemon]: {key} must be a positive integer")
+            own[key] = value
+            continue
         option = TOML_KEYS.get(key)
         if option is None:
             raise ConfigError(path, _line_of(text, key), f"[daemon]: unknown key {key!r}")
@@ -207,7 +225,10 @@ def parse_bastion_toml(path: str, text: str | None = None) -> DaemonConfig:
         except ValueError as exc:
             raise ConfigError(path, _line_of(text, key), f"[daemon]: {exc}") from None
     try:
-        return parse_clamd_conf(path, "\n".join(lines) + "\n")
+        cfg = parse_clamd_conf(path, "\n".join(lines) + "\n")
+        for key, value in own.items():
+            setattr(cfg, key, value)
+        return cfg
     except ConfigError as exc:
         # name the TOML key, not the line of the clamd.conf text made from it
         reason = str(exc).split(": ", 1)[1] if ": " in str(exc) else str(exc)

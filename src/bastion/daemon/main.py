@@ -18,6 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config-file", default=DEFAULT_CONFIG, metavar="FILE",
                    help="clamd.conf, or bastion.toml (a name ending in .toml: its [daemon] table)")
     p.add_argument("-F", "--foreground", action="store_true", help="stay in the foreground (always the case)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="serving processes (default: one per core, at most 4; bastion.toml: workers)")
     p.add_argument("--debug", action="store_true", help="log more")
     p.add_argument("-V", "--version", action="store_true", help="print the version and exit")
     return p
@@ -38,6 +40,8 @@ def run(argv: list[str] | None = None) -> int:
         return 1
     for name in cfg.ignored:
         sys.stderr.write(f"WARNING: {args.config_file}: option {name} is accepted but not acted on by Bastion yet\n")
+    if args.workers is not None:
+        cfg.workers = max(1, args.workers)
     if not (cfg.foreground or args.foreground):
         sys.stderr.write("NOTICE: Bastion's daemon stays in the foreground; run it under systemd or a supervisor\n")
     try:
