@@ -1,6 +1,8 @@
 """The clamd-compatible daemon, as real processes on loopback: Bastion's and Debian's clamd answer the
-same bytes, real clients (clamdscan, the PyPI ``clamd`` and ``pyclamd`` clients) work unchanged,
-hostile clients get clamd's answer or a closed connection, and RELOAD swaps the database."""
+same bytes, real clients (clamdscan, the PyPI ``clamd``, ``pyclamd``, ``clamav-client`` and ``aioclamd``
+clients) work unchanged, hostile clients get clamd's answer or a closed connection, and RELOAD swaps
+the database.  The client and hostile-client tests run against both daemons (the ``server`` fixture),
+so Bastion is held to what the real clamd does."""
 
 from __future__ import annotations
 
@@ -94,21 +96,33 @@ def bastion(tree: Path) -> Iterator[dict]:
 
 
 @pytest.fixture(scope="module")
-def clamd(tree: Path) -> Iterator[str]:
+def real_clamd(tree: Path) -> Iterator[dict]:
     exe = shutil.which("clamd") or ("/usr/sbin/clamd" if os.path.exists("/usr/sbin/clamd") else None)
     if exe is None:
         pytest.skip("Debian's clamd is not installed (apt-get install clamav-daemon)")
-    cfg = conf(tree, "clamd")
+    port = free_port()
+    cfg = conf(tree, "clamd", tcp=port)
     proc = subprocess.Popen([exe, "-c", str(cfg), "-F"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         try:
             wait_for(str(tree / "clamd.sock"), proc)
         except RuntimeError as exc:
             pytest.skip(f"Debian's clamd did not start here: {exc}")
-        yield str(tree / "clamd.sock")
+        yield {"sock": str(tree / "clamd.sock"), "tcp": ("127.0.0.1", port), "proc": proc, "conf": cfg}
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def clamd(real_clamd: dict) -> str:
+    return real_clamd["sock"]
+
+
+@pytest.fixture(params=["bastion", "clamd"])
+def server(request: pytest.FixtureRequest) -> dict:
+    """The same client and hostile-client tests run against Bastion's daemon and Debian's clamd."""
+    return request.getfixturevalue("bastion" if request.param == "bastion" else "real_clamd")
 
 
 def probes(tree: Path) -> list[bytes]:
@@ -143,7 +157,8 @@ def test_directory_scans_match_clamd(tree: Path, bastion: dict, clamd: str) -> N
             assert ours == theirs, cmd
 
 
-def test_tcp_and_python_clients(tree: Path, bastion: dict) -> None:
+def test_tcp_and_python_clients(tree: Path, server: dict) -> None:
+    bastion = server
     import clamd as clamd_client
     import pyclamd
 
@@ -163,7 +178,8 @@ def test_tcp_and_python_clients(tree: Path, bastion: dict) -> None:
     assert py.scan_file(f"{f}/clean.txt") is None
 
 
-def test_clamav_client_and_aioclamd(tree: Path, bastion: dict) -> None:
+def test_clamav_client_and_aioclamd(tree: Path, server: dict) -> None:
+    bastion = server
     import asyncio
 
     import aioclamd
@@ -185,7 +201,8 @@ def test_clamav_client_and_aioclamd(tree: Path, bastion: dict) -> None:
 
 
 @pytest.mark.parametrize("mode", ["", "--stream", "--fdpass", "--multiscan", "--allmatch"])
-def test_clamdscan(tree: Path, bastion: dict, mode: str) -> None:
+def test_clamdscan(tree: Path, server: dict, mode: str) -> None:
+    bastion = server
     exe = shutil.which("clamdscan")
     if exe is None:
         pytest.skip("clamdscan is not installed (apt-get install clamdscan)")
@@ -197,8 +214,8 @@ def test_clamdscan(tree: Path, bastion: dict, mode: str) -> None:
                      f"{tree}/files/sub/deep.txt: Daemon.Test.Body.UNOFFICIAL FOUND"]
 
 
-def test_hostile_clients(tree: Path, bastion: dict) -> None:
-    sock = bastion["sock"]
+def test_hostile_clients(tree: Path, server: dict) -> None:
+    sock = server["sock"]
     assert ask(sock, os.urandom(3000) + b"\n") in (b"UNKNOWN COMMAND\n", b"")
     assert ask(sock, b"zINSTREAM\0" + b"\xff\xff\xff\xff") == b"INSTREAM size limit exceeded. ERROR\0"
     # a client that stops sending: CommandReadTimeout (2 s here) closes it with clamd's line

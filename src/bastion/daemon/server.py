@@ -39,6 +39,7 @@ from bastion.database.compiled import Database, open_database
 from bastion.engine import Engine, ScanOptions, ScanResult
 
 _LOG_TIME_FORMAT = "%a %b %d %H:%M:%S %Y"
+RELOAD_NICE = 10
 
 SESSION_COMMANDS = frozenset({"SCAN", "INSTREAM", "FILDES", "VERSION", "VERSIONCOMMANDS", "PING", "STATS", "END"})
 
@@ -247,7 +248,7 @@ class Daemon:
         def work() -> None:
             try:
                 self._db_fingerprint = self._fingerprint()
-                _compile_in_child(self._paths, self.cfg.detect_pua)
+                _compile_in_child(self._paths, self.cfg.detect_pua, RELOAD_NICE)
                 if self.cfg.concurrent_database_reload:
                     self.engine, self.allmatch_engine = self._engines(open_database(self._paths,
                                                                                     pua=self.cfg.detect_pua))
@@ -599,19 +600,20 @@ class Daemon:
         return lines
 
 
-def _compile_in_child(paths: list[str] | None, pua: bool) -> None:
+def _compile_in_child(paths: list[str] | None, pua: bool, nice: int = 0) -> None:
     """Fill the compiled-database cache from a short-lived child process, so that the daemon itself only
     ever *loads* a compiled database: compiling 1.25M signatures peaks at ~700 MiB, which a long-lived
     process would keep (measured with bench/run_daemon_bench.py: 530 MiB PSS when the daemon compiled,
     about 90 MiB when it loaded).  A database that does not compile fails again, with its error, in
-    the daemon's own load that follows."""
+    the daemon's own load that follows.  A reload compiles with ``nice`` 10 (RELOAD_NICE), so that
+    scans in progress keep the CPU: a reload under full load takes longer, live traffic does not."""
     import subprocess
 
     import bastion
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(bastion.__file__)))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    code = ("import sys\nfrom bastion.database.compiled import open_database\n"
+    code = (f"import os, sys\nos.nice({int(nice)})\nfrom bastion.database.compiled import open_database\n"
             "open_database(sys.argv[2:] or None, pua=sys.argv[1] == '1')\n")
     subprocess.run([sys.executable, "-c", code, "1" if pua else "0", *(paths or [])], env=env,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)

@@ -23,7 +23,7 @@ import os
 import signal
 import time
 
-from bastion.daemon.server import Daemon, DaemonLog, _compile_in_child
+from bastion.daemon.server import RELOAD_NICE, Daemon, DaemonLog, _compile_in_child
 from bastion.database.compiled import Database, open_database
 
 # a worker that dies sooner than this after its start is restarted only after this long (no fork storm)
@@ -101,7 +101,7 @@ class Supervisor:
     def reload(self) -> None:
         d = self.daemon
         d._db_fingerprint = d._fingerprint()
-        _compile_in_child(d._paths, d.cfg.detect_pua)
+        _compile_in_child(d._paths, d.cfg.detect_pua, RELOAD_NICE)
         if d.cfg.concurrent_database_reload:
             try:
                 db = open_database(d._paths, pua=d.cfg.detect_pua)
