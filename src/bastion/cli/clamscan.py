@@ -147,9 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-a", "--archive-verbose", action="store_true", help="show filenames inside scanned archives")
     p.add_argument("-j", "--jobs", type=int, default=default_jobs(), metavar="N",
                    help="scan with N worker threads (Bastion; default: all cores)")
-    for name in ("--move", "--copy"):
-        p.add_argument(name, metavar="DIRECTORY", help=argparse.SUPPRESS)
-    p.add_argument("--remove", nargs="?", const="yes", help=argparse.SUPPRESS)
+    p.add_argument("--move", metavar="DIRECTORY", help="move infected files into DIRECTORY")
+    p.add_argument("--copy", metavar="DIRECTORY", help="copy infected files into DIRECTORY")
+    p.add_argument("--remove", nargs="?", const="yes", default="no", metavar="yes/no",
+                   help="remove infected files (be careful!)")
     for name in _IGNORED_VALUE_OPTIONS:
         p.add_argument(name, nargs="?", const="yes", default=None, help=argparse.SUPPRESS)
     p.add_argument("targets", nargs="*", metavar="FILE/DIR")
@@ -242,6 +243,36 @@ def _handle_entry(out: Output, tally: Tally, entry: Entry, res: ScanResult | Non
         out.warn(f"ERROR: {entry.path}: {entry.detail}")
 
 
+def _action_setup(args: argparse.Namespace, out: Output) -> tuple[str, str] | None | bool:
+    """The action the user asked for, as clamscan picks one: --move, else --copy, else --remove.
+    False (after clamscan's message) when its directory does not exist."""
+    for kind, value in (("move", args.move), ("copy", args.copy)):
+        if value:
+            if not os.path.isdir(value):
+                out.result(f"action_setup: Failed to get realpath of {value}")
+                return False
+            return kind, os.path.realpath(value)
+    return ("remove", "") if _yes(args.remove) else None
+
+
+def _act(out: Output, action: tuple[str, str], path: str) -> None:
+    from bastion.quarantine import actions
+
+    kind, directory = action
+    real = os.path.realpath(path)
+    shown = path if real == path else f"{path} (real path: '{real}')"
+    try:
+        if kind == "move":
+            out.result(f"{shown}: moved to '{actions.move_to(path, directory)}'", infected=True)
+        elif kind == "copy":
+            out.result(f"{shown}: copied to '{actions.copy_to(path, directory)}'", infected=True)
+        else:
+            actions.remove(path)
+            out.result(f"{shown}: Removed.", infected=True)
+    except (OSError, actions.ActionError) as exc:
+        out.warn(f"ERROR: Can't {kind} file '{real}': {exc}")
+
+
 def _scan_stdin(engine: Engine, max_filesize: int) -> ScanResult:
     """Read stdin up to the size limit (the rest is drained, never held) and scan it."""
     stream = sys.stdin.buffer
@@ -305,9 +336,8 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, out: Output) -> int:
-    if args.move or args.copy or args.remove:
-        out.warn("ERROR: --move, --copy and --remove are not available yet: Bastion never changes files "
-                 "unless it can do so without losing anything (quarantine comes with a later release)")
+    action = _action_setup(args, out)
+    if action is False:
         return 2
     used_ignored = [n for n in _IGNORED_VALUE_OPTIONS if getattr(args, n[2:].replace("-", "_")) is not None]
     if used_ignored and not args.quiet:
@@ -363,6 +393,8 @@ def _run(args: argparse.Namespace, out: Output) -> int:
         entries = walk([t for t in targets if t != "-"], walk_opts)
         for entry, res in scan_entries(engine, entries, max(1, args.jobs)):
             _handle_entry(out, tally, entry, res)
+            if action and res is not None and res.detections:
+                _act(out, action, entry.path)
     if not args.no_summary:
         out.summary(_summary(db.signature_count, tally, started, start_wall))
     if tally.infected:

@@ -38,6 +38,12 @@ def _sigtool(argv: list[str]) -> int:
     return sigtool.run(argv)
 
 
+def _quarantine(argv: list[str]) -> int:
+    from bastion.cli import quarantine
+
+    return quarantine.run(argv)
+
+
 def _daemon(argv: list[str]) -> int:
     from bastion.daemon import main as daemon_main
 
@@ -64,6 +70,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "clamscan": (_clamscan, "run the clamscan-compatible front end (same options and output as clamscan)"),
     "explain": (_explain, "explain every matching signature of a file in full (text, source, bytes, logic)"),
     "sigtool": (_sigtool, "signature and database tasks (hashes, container info/unpack/build, decode)"),
+    "quarantine": (_quarantine, "list, show, add, restore, delete or export quarantined files"),
     "daemon": (_daemon, "run the clamd-compatible daemon (reads clamd.conf: -c FILE)"),
     "api": (_api, "serve the REST API (scan uploads, version, health, database, Prometheus metrics)"),
     "version": (_version, "print Bastion's version"),

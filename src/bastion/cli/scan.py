@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="report encrypted archive members as Heuristics.Encrypted.*")
     p.add_argument("--detect-pua", action="store_true",
                    help="also load signatures for possibly unwanted applications")
+    p.add_argument("--move-to-quarantine", action="store_true",
+                   help="move each infected file into the quarantine (encrypted, restorable: bastion quarantine)")
+    p.add_argument("--quarantine-dir", default=None, metavar="DIR", help="the quarantine to use")
+    p.add_argument("--dry-run", action="store_true", help="say what --move-to-quarantine would do, change nothing")
     p.add_argument("--no-progress", action="store_true", help="never show the progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="also list clean and excluded files")
     p.add_argument("-q", "--quiet", action="store_true", help="only print detections and errors")
@@ -234,6 +238,15 @@ class Human:
             extra = f"allowed by {res.allowed_by}" if res.allowed_by else ""
             self.line("OK", "green", path, (extra, "dim"))
 
+    def action(self, path: str, action: dict[str, Any]) -> None:
+        if action["outcome"] == "quarantined":
+            self.line("MOVED", "bold cyan", path, (f"to quarantine as {action['id'][:12]}", "cyan"),
+                      ("restore: bastion quarantine restore " + action["id"][:12], "dim"))
+        elif action["outcome"] == "would quarantine":
+            self.line("DRY-RUN", "cyan", path, ("would move to quarantine", "cyan"))
+        else:
+            self.line("ERROR", "bold magenta", path, (action["error"], "magenta"))
+
     def entry(self, entry: Entry) -> None:
         kind = entry.kind
         if kind in (Kind.MISSING, Kind.ERROR, Kind.UNSUPPORTED):
@@ -339,6 +352,15 @@ def run(argv: list[str] | None = None) -> int:
                                     max_scansize=max_scansize, want_sha256=args.json, max_files=args.max_files,
                                     max_recursion=args.max_recursion, scan_archives=not args.no_archives,
                                     alert_exceeds_max=args.alert_exceeds_max, alert_encrypted=args.alert_encrypted))
+    quarantiner = None
+    if args.move_to_quarantine:
+        try:
+            quarantiner = _Quarantiner(args.quarantine_dir, args.dry_run, db.version)
+        except OSError as exc:
+            _warn(f"error: quarantine: {exc}")
+            return 2
+    elif args.dry_run:
+        _warn("note: --dry-run has nothing to do without --move-to-quarantine (a scan only reports)")
     show_progress = not (args.json or args.no_progress) and sys.stderr.isatty()
     human = None if args.json else Human(args.verbose, args.quiet)
     tally = Tally()
@@ -357,7 +379,7 @@ def run(argv: list[str] | None = None) -> int:
             done = 0
             try:
                 for entry, res in results:
-                    _handle(entry, res, tally, human)
+                    _handle(entry, res, tally, human, quarantiner)
                     if res is not None:
                         done += 1
                         progress.update(task, advance=res.size, files=done)
@@ -366,7 +388,7 @@ def run(argv: list[str] | None = None) -> int:
         human.live = None
     else:
         for entry, res in results:
-            _handle(entry, res, tally, human)
+            _handle(entry, res, tally, human, quarantiner)
     elapsed = time.perf_counter() - started
     if human is None:
         summary = {
@@ -382,9 +404,36 @@ def run(argv: list[str] | None = None) -> int:
     return tally.exit_code()
 
 
-def _handle(entry: Entry, res: ScanResult | None, tally: Tally, human: Human | None) -> None:
+class _Quarantiner:
+    """--move-to-quarantine: the only action ``bastion scan`` takes on a file, and only when asked."""
+
+    def __init__(self, directory: str | None, dry_run: bool, db_version: str) -> None:
+        from bastion.quarantine import Quarantine
+
+        self.dry_run = dry_run
+        self.db_version = db_version
+        self.store = None if dry_run else Quarantine(directory)
+
+    def act(self, path: str, res: ScanResult) -> dict[str, Any]:
+        from bastion.quarantine import QuarantineError
+
+        names = ", ".join(d.name for d in res.detections)
+        if self.store is None:
+            return {"action": "quarantine", "dry_run": True, "outcome": "would quarantine"}
+        try:
+            item = self.store.add(path, verdict="infected", signature=names, db_version=self.db_version)
+        except QuarantineError as exc:
+            return {"action": "quarantine", "outcome": "failed", "error": str(exc)}
+        return {"action": "quarantine", "outcome": "quarantined", "id": item.id}
+
+
+def _handle(entry: Entry, res: ScanResult | None, tally: Tally, human: Human | None,
+            quarantiner: _Quarantiner | None = None) -> None:
     if res is not None:
         verdict = _verdict(res)
+        action = quarantiner.act(entry.path, res) if quarantiner and verdict == "infected" else None
+        if action and action["outcome"] == "failed":
+            tally.errors += 1
         if verdict == "infected":
             tally.infected += 1
         elif verdict == "error":
@@ -397,9 +446,14 @@ def _handle(entry: Entry, res: ScanResult | None, tally: Tally, human: Human | N
             tally.bytes_read += res.size
             tally.bytes_scanned += res.bytes_scanned
         if human is None:
-            sys.stdout.write(json.dumps(_result_json(entry.path, res)) + "\n")
+            shown = _result_json(entry.path, res)
+            if action:
+                shown["action"] = action
+            sys.stdout.write(json.dumps(shown) + "\n")
         else:
             human.result(entry.path, res)
+            if action:
+                human.action(entry.path, action)
         return
     kind = entry.kind
     if kind in (Kind.MISSING, Kind.ERROR, Kind.UNSUPPORTED):
