@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         listing = root / "corpus.list"
         listing.write_text("".join(lines))
     cache = Path(tempfile.mkdtemp(prefix="bastion-daemon-bench-cache-"))
-    env = dict(os.environ, BASTION_CACHE_DIR=str(cache))
+    env = dict(os.environ, BASTION_CACHE_DIR=str(cache), BASTION_EVENTS_FILE=str(cache / "events.jsonl"))
     results = {}
     daemons = (("clamd", [args.clamd, "-F"]), ("bastion", [*shlex.split(args.bastion_clamd), "-F"]))
     for label, cmd in daemons:

@@ -18,6 +18,8 @@ def bastion_env(cache_dir: Path) -> dict[str, str]:
     env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
     env["BASTION_CACHE_DIR"] = str(cache_dir)
     env["BASTION_DB_DIR"] = str(cache_dir / "no-installed-db")
+    env["BASTION_EVENTS_FILE"] = str(cache_dir / "events.jsonl")
+    env["BASTION_QUARANTINE_DIR"] = env.get("BASTION_QUARANTINE_DIR") or str(cache_dir / "quarantine")
     return env
 
 

@@ -97,6 +97,15 @@ def test_path_scan_version_db_and_metrics(api: str, tmp_path: Path) -> None:
     assert call(api, "/openapi.json")[0] == 200
 
 
+def test_detections_are_events(api: str) -> None:
+    call(api, "/v1/scan", EICAR, {"Content-Type": "application/octet-stream", "X-Filename": "evt.com"})
+    status, body = call(api, "/v1/events?action=detection&since=1h")
+    found = [e for e in json.loads(body)["events"] if e["file"]["path"] == "evt.com"]
+    assert status == 200 and found and found[-1]["rule"]["name"] == "Bastion.Test.EICAR"
+    assert found[-1]["event"]["kind"] == "alert" and found[-1]["process"]["name"] == "bastion api"
+    assert call(api, "/v1/events?since=yesterday")[0] == 422
+
+
 def test_api_key_is_required(api: str) -> None:
     assert call(api, "/v1/version", key=None)[0] == 401
     assert call(api, "/v1/version", key="wrong")[0] == 401

@@ -4,6 +4,7 @@ shipped systemd unit.  Each test starts its own real daemon on a unix socket."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -177,6 +178,11 @@ def test_self_check_reloads_a_changed_database_while_serving(tmp_path: Path, con
             for t in threads:
                 t.join()
     assert replies and set(replies) == {b"stream: Daemon.Ops.Body.UNOFFICIAL FOUND\0"}
+    logged = [json.loads(line) for line in (tmp_path / "cache" / "events.jsonl").read_text().splitlines()]
+    actions = {e["event"]["action"] for e in logged}
+    assert {"detection", "database-reload"} <= actions, actions
+    reload_event = next(e for e in logged if e["event"]["action"] == "database-reload")
+    assert reload_event["event"]["outcome"] == "success" and reload_event["bastion"]["signatures"] >= 2
 
 
 def test_flood_past_the_queue_keeps_serving(tmp_path: Path) -> None:

@@ -235,3 +235,24 @@ def test_clamscan_action_directory_must_exist(tmp_path: Path) -> None:
                        capture_output=True, text=True, env=bastion_env(tmp_path / "cache"), timeout=120)
     assert r.returncode == 2 and f"action_setup: Failed to get realpath of {tmp_path / 'nodir'}" in r.stdout
     assert victim.exists()
+
+
+def test_every_detection_and_action_is_an_event(tmp_path: Path) -> None:
+    victim = write(tmp_path / "files" / "eicar.com", EICAR)
+    bastion(["scan", "--move-to-quarantine", str(victim)], tmp_path)
+    item = json.loads(bastion(["quarantine", "list", "--json"], tmp_path).stdout)
+    bastion(["quarantine", "restore", item["id"]], tmp_path)
+    r = bastion(["events", "--json"], tmp_path)
+    evs = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [e["event"]["action"] for e in evs] == ["detection", "quarantine", "restore"]
+    detection = evs[0]
+    assert detection["event"]["kind"] == "alert" and detection["event"]["category"] == ["malware"]
+    assert detection["rule"]["name"] == "Bastion.Test.EICAR" and detection["file"]["path"] == str(victim)
+    assert detection["rule"]["ruleset"].endswith("bastion.ndb:4")
+    assert evs[1]["bastion"]["quarantine_id"] == item["id"] and evs[1]["file"]["hash"]["sha256"] == item["sha256"]
+    assert {"@timestamp", "host", "process", "message"} <= set(detection)
+    human = bastion(["events", "--action", "restore"], tmp_path).stdout.splitlines()
+    assert len(human) == 1 and f"restored to {victim}" in human[0]
+    assert bastion(["events", "--kind", "alert", "--since", "1h", "--json"], tmp_path).stdout.count("\n") == 1
+    assert bastion(["events", "--since", "2000-01-01", "--limit", "1", "--json"], tmp_path).stdout.count("\n") == 1
+    assert bastion(["events", "--since", "soon"], tmp_path).returncode == 2

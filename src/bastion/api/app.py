@@ -94,6 +94,15 @@ def _result_json(result: ScanResult) -> dict[str, Any]:
     }
 
 
+def _detection_events(result: ScanResult, name: str) -> None:
+    from bastion import events
+
+    for det in result.detections:
+        events.record("detection", f"{name}: {det.name}", sync=False, path=name, size=result.size, rule=det.name,
+                      ruleset=f"{det.evidence.source}:{det.evidence.line}", process="bastion api",
+                      evidence=det.evidence.kind)
+
+
 def create_app(engine: Engine, settings: ApiSettings | None = None) -> FastAPI:
     settings = settings or ApiSettings()
     metrics = Metrics()
@@ -113,6 +122,7 @@ def create_app(engine: Engine, settings: ApiSettings | None = None) -> FastAPI:
         started = time.perf_counter()
         result = engine.scan_bytes(data, name)
         metrics.record(result, time.perf_counter() - started)
+        _detection_events(result, name)
         return _result_json(result)
 
     @app.post("/v1/scan", dependencies=[Depends(authorized)])
@@ -152,6 +162,7 @@ def create_app(engine: Engine, settings: ApiSettings | None = None) -> FastAPI:
             started = time.perf_counter()
             result = engine.scan_file(target)
             metrics.record(result, time.perf_counter() - started)
+            _detection_events(result, target)
             out.append(_result_json(result))
         return JSONResponse({"results": out})
 
@@ -172,6 +183,22 @@ def create_app(engine: Engine, settings: ApiSettings | None = None) -> FastAPI:
                 "sources": [{"path": s.path, "sha256": s.sha256, "official": s.official} for s in db.sources],
                 "containers": rep.containers, "not_loaded": [list(x) for x in rep.skipped_files],
                 "loaded_at": loaded_at}
+
+    @app.get("/v1/events", dependencies=[Depends(authorized)])
+    async def event_log(since: str | None = None, action: str | None = None, kind: str | None = None,
+                        outcome: str | None = None, limit: int = 100) -> dict[str, Any]:
+        """The event log (newest ``limit`` events, oldest first), filtered as ``bastion events``."""
+        from collections import deque
+
+        from bastion import events
+
+        try:
+            when = events.parse_since(since) if since else None
+        except ValueError:
+            raise HTTPException(status_code=422, detail="since: give 30m, 2h, 7d or an ISO 8601 time") from None
+        found = deque(events.read(since=when, action=action, kind=kind, outcome=outcome),
+                      maxlen=max(1, min(limit, 10_000)))
+        return {"events": list(found)}
 
     @app.get("/metrics", dependencies=[Depends(authorized)], response_class=PlainTextResponse)
     async def prometheus() -> str:

@@ -256,6 +256,7 @@ def _action_setup(args: argparse.Namespace, out: Output) -> tuple[str, str] | No
 
 
 def _act(out: Output, action: tuple[str, str], path: str) -> None:
+    from bastion import events
     from bastion.quarantine import actions
 
     kind, directory = action
@@ -271,6 +272,10 @@ def _act(out: Output, action: tuple[str, str], path: str) -> None:
             out.result(f"{shown}: Removed.", infected=True)
     except (OSError, actions.ActionError) as exc:
         out.warn(f"ERROR: Can't {kind} file '{real}': {exc}")
+        events.record(kind, f"could not {kind} {real}: {exc}", outcome="failure", path=real)
+        return
+    events.record(kind, f"{real}: {kind} done ({'bastion-clamscan --' + kind})", path=real,
+                  destination=directory or None)
 
 
 def _scan_stdin(engine: Engine, max_filesize: int) -> ScanResult:

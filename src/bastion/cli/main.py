@@ -44,6 +44,12 @@ def _quarantine(argv: list[str]) -> int:
     return quarantine.run(argv)
 
 
+def _events(argv: list[str]) -> int:
+    from bastion.cli import events
+
+    return events.run(argv)
+
+
 def _daemon(argv: list[str]) -> int:
     from bastion.daemon import main as daemon_main
 
@@ -71,6 +77,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "explain": (_explain, "explain every matching signature of a file in full (text, source, bytes, logic)"),
     "sigtool": (_sigtool, "signature and database tasks (hashes, container info/unpack/build, decode)"),
     "quarantine": (_quarantine, "list, show, add, restore, delete or export quarantined files"),
+    "events": (_events, "show the event log: detections, actions, errors, database changes"),
     "daemon": (_daemon, "run the clamd-compatible daemon (reads clamd.conf: -c FILE)"),
     "api": (_api, "serve the REST API (scan uploads, version, health, database, Prometheus metrics)"),
     "version": (_version, "print Bastion's version"),

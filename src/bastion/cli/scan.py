@@ -39,6 +39,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from bastion import events
 from bastion.cli.common import SignatureError, compile_patterns, load_database, load_warnings, parse_size
 from bastion.cli.runner import default_jobs, scan_entries
 from bastion.cli.walker import Entry, Kind, WalkOptions, walk
@@ -404,6 +405,15 @@ def run(argv: list[str] | None = None) -> int:
     return tally.exit_code()
 
 
+def _detection_event(path: str, res: ScanResult) -> None:
+    for det in res.detections:
+        ev = det.evidence
+        events.record("detection", f"{path}: {det.name}", path=path, sha256=res.sha256 or None, size=res.size,
+                      rule=det.name, ruleset=f"{ev.source}:{ev.line}" if ev.source else None,
+                      process="bastion scan", container_path=ev.container_path or None,
+                      offsets=list(ev.offsets[:8]), evidence=ev.kind, db_version=ev.db_version)
+
+
 class _Quarantiner:
     """--move-to-quarantine: the only action ``bastion scan`` takes on a file, and only when asked."""
 
@@ -431,7 +441,11 @@ def _handle(entry: Entry, res: ScanResult | None, tally: Tally, human: Human | N
             quarantiner: _Quarantiner | None = None) -> None:
     if res is not None:
         verdict = _verdict(res)
+        if verdict == "infected":
+            _detection_event(entry.path, res)
         action = quarantiner.act(entry.path, res) if quarantiner and verdict == "infected" else None
+        if action and action["outcome"] == "failed":
+            events.record("quarantine", action["error"], outcome="failure", path=entry.path)
         if action and action["outcome"] == "failed":
             tally.errors += 1
         if verdict == "infected":

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
-from bastion import CLAMAV_COMPAT_VERSION
+from bastion import CLAMAV_COMPAT_VERSION, events
 from bastion.daemon.config import DaemonConfig
 from bastion.daemon.protocol import ADVERTISED, MAX_COMMAND, Command, error, found, parse, split_command
 from bastion.database.compiled import Database, open_database
@@ -255,8 +255,10 @@ class Daemon:
                 else:
                     self._reload_in_place()
                 self.log(f"Database correctly reloaded ({self.engine.db.signature_count} signatures)")
+                _reload_event(self.engine.db, None)
             except Exception as exc:  # a bad database must never take the daemon down
                 self.log(f"Database reload failed, still serving the previous database: {exc}")
+                _reload_event(self.engine.db, exc)
             finally:
                 self._reload_lock.release()
 
@@ -487,6 +489,13 @@ class Daemon:
             return [f"{tag}: OK"]
         for line in lines:
             self.log.scan(line)
+        if result.detections:
+            for det in result.detections[: len(lines)]:
+                events.record("detection", f"{tag}: {det.name}", sync=False, path=tag, size=result.size,
+                              rule=det.name, ruleset=f"{det.evidence.source}:{det.evidence.line}",
+                              process="bastion daemon", evidence=det.evidence.kind)
+        else:
+            events.record("scan-error", lines[0], sync=False, outcome="failure", path=tag, process="bastion daemon")
         return lines
 
     def _instream(self, conn: Connection) -> str:
@@ -598,6 +607,16 @@ class Daemon:
         if not counts["infected"] and counts["errors"] < counts["items"]:
             lines.append(f"{path}: OK")
         return lines
+
+
+def _reload_event(db: Database, failure: Exception | None) -> None:
+    """The event for a reload: the database now serving, and why a new one was refused."""
+    if failure is None:
+        events.record("database-reload", f"database reloaded: {db.signature_count} signatures",
+                      process="bastion daemon", db_version=db.version, signatures=db.signature_count)
+    else:
+        events.record("database-reload", f"database reload failed, still serving {db.version[:12]}: {failure}",
+                      outcome="failure", process="bastion daemon", db_version=db.version)
 
 
 def _compile_in_child(paths: list[str] | None, pua: bool, nice: int = 0) -> None:

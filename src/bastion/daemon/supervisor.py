@@ -23,7 +23,7 @@ import os
 import signal
 import time
 
-from bastion.daemon.server import RELOAD_NICE, Daemon, DaemonLog, _compile_in_child
+from bastion.daemon.server import RELOAD_NICE, Daemon, DaemonLog, _compile_in_child, _reload_event
 from bastion.database.compiled import Database, open_database
 
 # a worker that dies sooner than this after its start is restarted only after this long (no fork storm)
@@ -107,6 +107,7 @@ class Supervisor:
                 db = open_database(d._paths, pua=d.cfg.detect_pua)
             except Exception as exc:  # the old database and workers keep serving
                 self.log(f"Database reload failed, still serving the previous database: {exc}")
+                _reload_event(d.engine.db, exc)
                 return
             d.engine, d.allmatch_engine = d._engines(db)
             self._retire_all()
@@ -123,6 +124,7 @@ class Supervisor:
                 self.log(f"Database reload failed, still serving the previous database: {exc}")
                 db = Database.load(old_path) if old_path else open_database(d._paths, pua=d.cfg.detect_pua)
                 d.engine, d.allmatch_engine = d._engines(db)
+                _reload_event(db, exc)
                 for _ in range(self.count):
                     self._spawn()
                 return
@@ -131,6 +133,7 @@ class Supervisor:
                 self._spawn()
         gc.collect()
         self.log(f"Database correctly reloaded ({d.engine.db.signature_count} signatures)")
+        _reload_event(d.engine.db, None)
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> None:

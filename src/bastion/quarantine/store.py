@@ -36,6 +36,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
+from bastion import events
 from bastion.database.atomic import fsync_dir
 from bastion.quarantine import vault
 
@@ -266,6 +267,8 @@ class Quarantine:
         _fault("removed")
         self._set_state(item_id, "quarantined")
         item.state = "quarantined"
+        events.record("quarantine", f"{path} moved to quarantine as {item_id}", path=path, sha256=sha256, size=size,
+                      rule=signature or None, quarantine_id=item_id, verdict=verdict, db_version=db_version)
         return item
 
     def _remove_original(self, item: Item) -> None:
@@ -364,6 +367,8 @@ class Quarantine:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._blob(item.id))
         item.state, item.restored_to = "restored", target
+        events.record("restore", f"{item.id} restored to {target}", path=target, sha256=item.sha256, size=item.size,
+                      quarantine_id=item.id, original_path=item.original_path, warnings=warnings)
         return item, target, warnings
 
     def delete(self, ref: str) -> Item:
@@ -375,6 +380,8 @@ class Quarantine:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._blob(item.id))
         item.state = "deleted"
+        events.record("quarantine-delete", f"{item.id} deleted for good ({item.original_path})",
+                      path=item.original_path, sha256=item.sha256, quarantine_id=item.id)
         return item
 
     def export(self, ref: str, zip_path: str, password: bytes = b"infected") -> Item:
@@ -399,6 +406,8 @@ class Quarantine:
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
             os.replace(tmp, zip_path)
+            events.record("quarantine-export", f"{item.id} exported to {zip_path}", path=item.original_path,
+                          sha256=item.sha256, quarantine_id=item.id, export=os.path.abspath(zip_path))
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
