@@ -253,11 +253,15 @@ def test_multiscan_scans_in_parallel_with_the_same_replies(tmp_path: Path) -> No
         assert threads_after - threads_before >= 2, "MULTISCAN scanned on one thread"
 
 
-def test_systemd_unit_is_valid_and_sandboxed() -> None:
-    unit = REPO / "packaging" / "systemd" / "bastion-clamd.service"
+@pytest.mark.parametrize(("name", "options"), [
+    ("bastion-clamd.service", ("NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "ProtectHome=",
+                               "RuntimeDirectory=bastion", "ExecReload=/bin/kill -USR2 $MAINPID")),
+    ("bastion-watch.service", ("NoNewPrivileges=yes", "ProtectSystem=strict", "CAP_SYS_ADMIN", "--timeout")),
+])
+def test_systemd_unit_is_valid_and_sandboxed(name: str, options: tuple[str, ...]) -> None:
+    unit = REPO / "packaging" / "systemd" / name
     text = unit.read_text()
-    for option in ("NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "ProtectHome=",
-                   "RuntimeDirectory=bastion", "ExecReload=/bin/kill -USR2 $MAINPID"):
+    for option in options:
         assert option in text, option
     analyze = shutil.which("systemd-analyze")
     if analyze is None:

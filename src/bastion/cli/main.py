@@ -44,6 +44,12 @@ def _quarantine(argv: list[str]) -> int:
     return quarantine.run(argv)
 
 
+def _watch(argv: list[str]) -> int:
+    from bastion.cli import watch
+
+    return watch.run(argv)
+
+
 def _events(argv: list[str]) -> int:
     from bastion.cli import events
 
@@ -77,6 +83,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "explain": (_explain, "explain every matching signature of a file in full (text, source, bytes, logic)"),
     "sigtool": (_sigtool, "signature and database tasks (hashes, container info/unpack/build, decode)"),
     "quarantine": (_quarantine, "list, show, add, restore, delete or export quarantined files"),
+    "watch": (_watch, "on-access scanning: scan files as they are opened or written (fanotify or inotify)"),
     "events": (_events, "show the event log: detections, actions, errors, database changes"),
     "daemon": (_daemon, "run the clamd-compatible daemon (reads clamd.conf: -c FILE)"),
     "api": (_api, "serve the REST API (scan uploads, version, health, database, Prometheus metrics)"),

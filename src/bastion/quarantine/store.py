@@ -138,7 +138,7 @@ def _read_xattrs(fd: int) -> dict[str, str]:
 
 
 class Quarantine:
-    """A quarantine directory (created on first use).  Thread-unsafe: one per thread or process."""
+    """A quarantine directory (created on first use).  Not for concurrent use: callers serialize."""
 
     def __init__(self, root: str | None = None) -> None:
         self.root = os.path.abspath(root or default_dir())
@@ -146,7 +146,9 @@ class Quarantine:
         os.makedirs(self.vault_dir, mode=0o700, exist_ok=True)
         os.chmod(self.root, 0o700)
         self.key = self._key()
-        self.db = sqlite3.connect(os.path.join(self.root, "index.sqlite"), isolation_level=None)
+        # callers serialize their use (one at a time); the connection may move between threads
+        self.db = sqlite3.connect(os.path.join(self.root, "index.sqlite"), isolation_level=None,
+                                  check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute(_SCHEMA)

@@ -1,0 +1,1 @@
+"""On-access scanning (``bastion watch``): fanotify permission events or inotify, see watcher.py."""
