@@ -50,6 +50,12 @@ def _watch(argv: list[str]) -> int:
     return watch.run(argv)
 
 
+def _schedule(argv: list[str]) -> int:
+    from bastion.cli import schedule
+
+    return schedule.run(argv)
+
+
 def _events(argv: list[str]) -> int:
     from bastion.cli import events
 
@@ -84,6 +90,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "sigtool": (_sigtool, "signature and database tasks (hashes, container info/unpack/build, decode)"),
     "quarantine": (_quarantine, "list, show, add, restore, delete or export quarantined files"),
     "watch": (_watch, "on-access scanning: scan files as they are opened or written (fanotify or inotify)"),
+    "schedule": (_schedule, "scheduled scans: add, list, remove, run, run-due (for the systemd timer)"),
     "events": (_events, "show the event log: detections, actions, errors, database changes"),
     "daemon": (_daemon, "run the clamd-compatible daemon (reads clamd.conf: -c FILE)"),
     "api": (_api, "serve the REST API (scan uploads, version, health, database, Prometheus metrics)"),
