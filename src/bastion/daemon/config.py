@@ -252,3 +252,21 @@ def load_config(path: str) -> DaemonConfig:
 def config_fields() -> list[str]:
     """The settings Bastion acts on (DaemonConfig's fields), for documentation and tests."""
     return [f.name for f in fields(DaemonConfig) if f.name != "ignored"]
+
+
+def toml_entry(option: str, value: str) -> tuple[str, object, bool] | None:
+    """One clamd.conf line as bastion.toml holds it: (key, typed value, repeatable), for
+    ``bastion migrate``; None for an option Bastion does not act on.  Raises ValueError for a value
+    clamd would refuse.  Booleans and plain numbers keep their TOML type; sizes ("100M") and the
+    socket mode (octal digits) stay text, as parse_bastion_toml reads them."""
+    acted = _ACTED_ON.get(option)
+    if acted is None:
+        return None
+    _attr, convert, repeatable = acted
+    converted = convert(value)
+    typed = converted if convert in (_bool, int, float) else value
+    return _toml_key(option), typed, repeatable
+
+
+def known_but_ignored(option: str) -> bool:
+    return option in _KNOWN_IGNORED
