@@ -80,11 +80,14 @@ def test_log_file_list_stdin_and_quiet(tmp_path: Path, cache: Path) -> None:
     assert r.stdout == "" and r.returncode == 0
 
 
-def test_actions_are_refused_not_half_done(tmp_path: Path, cache: Path) -> None:
+def test_actions_only_when_asked_and_never_half_done(tmp_path: Path, cache: Path) -> None:
     e = write(tmp_path / "e.com", EICAR)
-    for opt in (["--remove"], ["--move", str(tmp_path / "q")], ["--copy", str(tmp_path / "q")]):
+    for opt in (["--remove=no"], []):
+        r = run_clamscan_clone([*opt, "--no-summary", str(e)], cache)
+        assert r.returncode == 1 and e.read_bytes() == EICAR
+    for opt in (["--move", str(tmp_path / "q")], ["--copy", str(tmp_path / "q")]):  # no such directory
         r = run_clamscan_clone([*opt, str(e)], cache)
-        assert r.returncode == 2 and "not available yet" in r.stderr
+        assert r.returncode == 2 and "action_setup: Failed to get realpath" in r.stdout
         assert e.read_bytes() == EICAR
 
 

@@ -12,12 +12,16 @@ Two modes, said at start-up (``Watcher.mode`` and ``Watcher.why``):
   detection is reported, nothing is blocked.  Events are debounced per path and deduplicated; a
   kernel queue overflow triggers a rescan of the trees, so no write goes unscanned.
 
-Directories created later are watched too (inotify: at once; fanotify: within half a second, and
-the files that landed in them before are scanned then).
+Directories created later are watched too: inotify reports them and they are marked at once (in
+fanotify mode as well, as clamonacc's dynamic directory determination does; a rescan every half
+second is the safety net), and files that landed in them before the mark are scanned then.  The
+fanotify queue is unlimited: a bounded one that overflows makes the kernel allow the opens it
+could not queue, silently.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import stat
@@ -155,8 +159,14 @@ class Watcher:
         fan = kernel.Fanotify()
         marked: set[str] = set()
 
+        mark_lock = threading.Lock()
+
         def mark_new_dirs(first: bool = False) -> None:
-            for d in self._dirs():
+            with mark_lock:
+                mark_dirs(self._dirs(), first)
+
+        def mark_dirs(dirs: list[str], first: bool) -> None:
+            for d in dirs:
                 if d not in marked:
                     try:
                         fan.watch_directory(d)
@@ -168,9 +178,12 @@ class Watcher:
                         continue
                     if not first:  # files written before the mark: scan them now
                         for name in os.listdir(d):
-                            pool.submit(self._scan_path, os.path.join(d, name))
+                            background.submit(self._scan_path, os.path.join(d, name))
 
-        pool = ThreadPoolExecutor(max_workers=self.opts.threads, thread_name_prefix="bastion-watch")
+        # opens waiting for an answer never queue behind scans of written files: two pools
+        held = ThreadPoolExecutor(max_workers=self.opts.threads, thread_name_prefix="bastion-watch-open")
+        background = ThreadPoolExecutor(max_workers=max(1, self.opts.threads // 2),
+                                        thread_name_prefix="bastion-watch-written")
         mark_new_dirs(first=True)
         pending: dict[int, list] = {}  # event fd -> [deadline, answered]
         lock = threading.Lock()
@@ -209,17 +222,39 @@ class Watcher:
                             entry[1] = True
                             self.report("timeout", f"fd:{fd}", None)
 
-        def rescan_dirs() -> None:
+        def rescan_dirs() -> None:  # the safety net for directories inotify did not tell about
             while not self.stop.wait(0.5):
                 mark_new_dirs()
 
+        def follow_new_dirs() -> None:
+            """Mark a new directory the moment inotify reports it (clamonacc calls this dynamic directory
+            determination): the window in which its files' opens are not held is that short."""
+            ino = kernel.Inotify(kernel.IN_CREATE | kernel.IN_MOVED_TO | kernel.IN_DELETE_SELF)
+            for d in list(marked):
+                with contextlib.suppress(OSError):
+                    ino.watch_directory(d)
+            while not self.stop.is_set():
+                for ev in ino.read():
+                    if not ev.path:
+                        mark_new_dirs()
+                    elif ev.is_dir:
+                        found = [d for d, _, _ in os.walk(ev.path)]
+                        with mark_lock:
+                            mark_dirs(found, False)
+                        for d in found:
+                            with contextlib.suppress(OSError):
+                                ino.watch_directory(d)
+
         threading.Thread(target=fail_open, daemon=True, name="bastion-watch-failopen").start()
         threading.Thread(target=rescan_dirs, daemon=True, name="bastion-watch-dirs").start()
+        threading.Thread(target=follow_new_dirs, daemon=True, name="bastion-watch-newdirs").start()
         self.report("ready", ", ".join(self.roots), None)
         try:
             while not self.stop.is_set():
                 for ev in fan.read():
                     if ev.fd < 0:
+                        if ev.mask & kernel.FAN_Q_OVERFLOW:
+                            self.report("overflow", ", ".join(self.roots), None)
                         continue
                     if ev.pid == self._own_pid or self._allowed(ev.pid):
                         if ev.permission:
@@ -229,9 +264,12 @@ class Watcher:
                     if ev.permission:
                         with lock:
                             pending[ev.fd] = [time.monotonic() + self.opts.timeout, False]
-                    pool.submit(handle, ev)
+                        held.submit(handle, ev)
+                    else:
+                        background.submit(handle, ev)
         finally:
-            pool.shutdown(wait=True)
+            held.shutdown(wait=True)  # answers every open still held
+            background.shutdown(wait=False, cancel_futures=True)
             fan.close()
 
     def _allowed(self, pid: int) -> bool:
