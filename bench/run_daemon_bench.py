@@ -247,6 +247,7 @@ def run_one(cmd: list[str], conf: Path, sock_path: str, db: Path, corpus: list, 
         result["reload_tree"] = sampler.peak("reload", 3)
         result["pss_start"] = sampler.window("steady", True)
         result["pss_end"] = sampler.window("steady", False)
+        result["samples"] = sampler.samples
         return result
     finally:
         if sampler is not None:
@@ -275,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="Bastion's ConcurrentDatabaseReload (clamd keeps its default, yes)")
     ap.add_argument("--only", choices=["clamd", "bastion"], default=None, help="run one daemon")
     ap.add_argument("--soak", action="store_true", help="600 s steady phase per daemon; report memory growth")
+    ap.add_argument("--samples", type=Path, default=None, metavar="CSV",
+                    help="write every memory sample (daemon, phase, seconds, process MiB, tree MiB) here")
     args = ap.parse_args(argv)
     seconds = 600.0 if args.soak else args.seconds
     root = args.workdir / (f"daemon-n{args.files}-seed{args.seed}" + ("-sig" if args.signatures else ""))
@@ -307,6 +310,11 @@ def main(argv: list[str] | None = None) -> int:
                         f"StreamMaxLength 100M\nForeground yes\nSelfCheck 0\n"
                         f"ConcurrentDatabaseReload {reload_mode}\n")
         results[label] = run_one(cmd, conf, sock_path, db, corpus, args, env, listing, exe)
+        samples = results[label].pop("samples")
+        if args.samples:
+            t0 = samples[0][1] if samples else 0.0
+            with args.samples.open("a") as fh:
+                fh.writelines(f"{label},{ph},{t - t0:.1f},{p:.1f},{tr:.1f}\n" for ph, t, p, tr in samples)
         print(f"{label}: {json.dumps(results[label])}", file=sys.stderr)
     shutil.rmtree(cache, ignore_errors=True)
     client = "C client (bench/instream_load.c)" if exe else "Python threads"

@@ -170,3 +170,30 @@ def test_watch_says_when_fanotify_is_refused(tmp_path: Path) -> None:
     else:
         with watching(tmp_path) as w:
             assert "mode inotify" in w.mode_line and "fanotify is not available here" in w.mode_line
+
+
+@pytest.mark.parametrize("mode", ["inotify", "fanotify"])
+def test_daemon_mode_scans_through_a_running_daemon(tmp_path: Path, mode: str) -> None:
+    if mode == "fanotify" and not fanotify_ok:
+        pytest.skip(fanotify_why)
+    from tests.test_daemon import wait_for
+
+    write(tmp_path / "db" / "d.ndb", "Watch.Daemon.Only:0:*:" + b"only the daemon knows".hex() + "\n")
+    conf = write(tmp_path / "clamd.conf", f"LocalSocket {tmp_path}/d.sock\nDatabaseDirectory {tmp_path}/db\n"
+                                         "Foreground yes\n")
+    daemon = subprocess.Popen([sys.executable, "-m", "bastion.daemon.main", "-c", str(conf)],
+                              env=bastion_env(tmp_path / "dcache"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for(str(tmp_path / "d.sock"), daemon)
+        with watching(tmp_path, "--mode", mode, "--daemon", str(tmp_path / "d.sock")) as w:
+            assert "scanning through the daemon" in w.mode_line
+            victim = write(tmp_path / "w" / "x.txt", b"this is something only the daemon knows\n")
+            w.wait(lambda lines: str(victim) in w.of("infected"))
+            hit = next(x for x in w.lines if x["type"] == "infected")
+            assert hit["detections"] == ["Watch.Daemon.Only.UNOFFICIAL"]  # the daemon's database, not built-in
+            if mode == "fanotify":
+                with pytest.raises(PermissionError):
+                    victim.read_bytes()
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)

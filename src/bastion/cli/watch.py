@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-program", action="append", default=[], metavar="EXE",
                    help="fanotify: never hold opens by this executable (repeatable)")
     p.add_argument("--threads", type=int, default=4, metavar="N")
+    p.add_argument("--daemon", default=None, metavar="SOCKET",
+                   help="daemon mode: scan through the clamd-protocol daemon on this unix socket (its loaded "
+                        "database, files passed by descriptor) instead of loading a database here")
     p.add_argument("--move-to-quarantine", action="store_true", help="move infected files into the quarantine")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("-v", "--verbose", action="store_true", help="also report every clean file scanned")
@@ -92,21 +95,31 @@ def run(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    engine = None
     try:
-        db = load_database(args.database)
         max_filesize = parse_size(args.max_filesize) or (1 << 62)
+        if args.daemon is None:
+            engine = Engine(load_database(args.database), ScanOptions())
     except (SignatureError, ValueError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
+    if args.daemon is not None:
+        from bastion import clamd_client
+
+        if not clamd_client.ping(args.daemon):
+            sys.stderr.write(f"error: no clamd-protocol daemon answers on {args.daemon}\n")
+            return 2
     opts = WatchOptions(paths=args.paths, mode=args.mode, block=not args.no_block, timeout=args.timeout,
-                        max_filesize=max_filesize, allow_programs=args.allow_program, threads=max(1, args.threads))
+                        max_filesize=max_filesize, allow_programs=args.allow_program, threads=max(1, args.threads),
+                        daemon_socket=args.daemon)
     out = _Output(args)
     try:
-        watcher = Watcher(Engine(db, ScanOptions()), opts, out)
+        watcher = Watcher(engine, opts, out)
     except OSError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
-    sys.stderr.write(f"bastion watch: mode {watcher.mode}: {watcher.why}\n")
+    through = f"; scanning through the daemon on {args.daemon}" if args.daemon else ""
+    sys.stderr.write(f"bastion watch: mode {watcher.mode}: {watcher.why}{through}\n")
     sys.stderr.flush()
 
     def stop(*_: object) -> None:

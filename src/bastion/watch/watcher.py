@@ -48,6 +48,7 @@ class WatchOptions:
     max_filesize: int = 5 * 1024 * 1024   # clamonacc's OnAccessMaxFileSize default
     allow_programs: list[str] = field(default_factory=list)  # executable paths never held (fanotify)
     threads: int = 4
+    daemon_socket: str | None = None  # scan through this clamd-protocol daemon instead of a local engine
 
 
 class VerdictCache:
@@ -86,7 +87,7 @@ def _fanotify_available() -> tuple[bool, str]:
 
 
 class Watcher:
-    def __init__(self, engine: Engine, opts: WatchOptions, report: Report) -> None:
+    def __init__(self, engine: Engine | None, opts: WatchOptions, report: Report) -> None:
         self.engine = engine
         self.opts = opts
         self.report = report
@@ -106,6 +107,15 @@ class Watcher:
         # fault injection for the tests: make every scan this slow (to prove the fail-open timeout)
         self._delay = float(os.environ.get("BASTION_FAULT_SCAN_DELAY", "0") or 0)
         self._allowed_exes = {os.path.realpath(p) for p in opts.allow_programs}
+        # daemon mode: the daemon (and its worker processes) opens the files it is handed; holding
+        # those opens would have the watcher wait on itself
+        self._allowed_pids: set[int] = set()
+        if opts.daemon_socket:
+            from bastion import clamd_client
+
+            pid = clamd_client.peer_pid(opts.daemon_socket)
+            if pid:
+                self._allowed_pids.add(pid)
 
     # ------------------------------------------------------------------ scanning
     def _scan_fd(self, fd: int, path: str) -> tuple[str, ...] | None:
@@ -120,19 +130,40 @@ class Watcher:
         known = self.cache.get(key)
         if known is not None:
             return known
-        try:
-            data = os.pread(fd, st.st_size, 0)
-        except OSError:
-            return None
         if self._delay:
             time.sleep(self._delay)
-        result = self.engine.scan_bytes(data, path)
+        if self.opts.daemon_socket:
+            result = self._scan_by_daemon(fd, path, st.st_size)
+            if result is None:
+                return None
+        else:
+            try:
+                data = os.pread(fd, st.st_size, 0)
+            except OSError:
+                return None
+            assert self.engine is not None, "a watcher without a daemon socket needs an engine"
+            result = self.engine.scan_bytes(data, path)
         names = tuple(d.name for d in result.detections)
         self.cache.put(key, names)
         with self._count_lock:
             self.scanned += 1
         self.report("infected" if names else "clean", path, result)
         return names
+
+    def _scan_by_daemon(self, fd: int, path: str, size: int) -> ScanResult | None:
+        """Daemon mode: the running daemon scans the open file (FILDES); None if it cannot answer."""
+        from bastion import clamd_client
+        from bastion.engine.verdict import Detection, Evidence
+
+        socket_path = self.opts.daemon_socket or ""
+        try:
+            names = clamd_client.scan_fd(socket_path, fd)
+        except clamd_client.ClamdError:
+            self.report("error", path, None)
+            return None
+        result = ScanResult(name=path, size=size)
+        result.detections = [Detection(n, Evidence("daemon", socket_path, 0, "")) for n in names]
+        return result
 
     def _scan_path(self, path: str) -> None:
         try:
@@ -273,6 +304,14 @@ class Watcher:
             fan.close()
 
     def _allowed(self, pid: int) -> bool:
+        if self._allowed_pids:
+            ancestor = pid
+            for _ in range(3):  # the daemon, its workers, their unpacking sandboxes
+                if ancestor in self._allowed_pids:
+                    return True
+                ancestor = _parent(ancestor)
+                if ancestor <= 1:
+                    break
         if not self._allowed_exes:
             return False
         try:
@@ -340,3 +379,12 @@ class Watcher:
             self._run_fanotify()
         else:
             self._run_inotify()
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat_line = fh.read()
+    except OSError:
+        return 0
+    return int(stat_line[stat_line.rindex(b")") + 2:].split()[1])
