@@ -34,7 +34,6 @@ NOT_YET = {
     "clam.sis": "Symbian SIS is not unpacked yet",
     "clam.exe.html": "HTML-embedded objects are not extracted yet",
     "clam.exe.rtf": "RTF embedded objects are not extracted yet",
-    "clam.ppt": "OLE2 streams are not extracted yet",
     "clam_IScab_int.exe": "InstallShield cabinets are not unpacked yet",
     "clam_ISmsi_ext.exe": "MSI (OLE2) is not unpacked yet",
     "clam_ISmsi_int.exe": "MSI (OLE2) is not unpacked yet",
@@ -43,7 +42,6 @@ NOT_YET = {
 # reports its hash): the verdict agrees, the -z list is a subset until the unpacker exists.
 PARTIAL = {
     "clam-fsg.exe": "FSG-packed PE: clamscan unpacks it",
-    "clam.ole.doc": "OLE2 streams are not extracted yet",
     "clam.pdf": "PDF streams are not extracted yet",
     "clam_IScab_ext.exe": "InstallShield cabinets are not unpacked yet",
     "clam.tnef": "TNEF is not unpacked yet",
