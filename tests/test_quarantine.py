@@ -256,3 +256,11 @@ def test_every_detection_and_action_is_an_event(tmp_path: Path) -> None:
     assert bastion(["events", "--kind", "alert", "--since", "1h", "--json"], tmp_path).stdout.count("\n") == 1
     assert bastion(["events", "--since", "2000-01-01", "--limit", "1", "--json"], tmp_path).stdout.count("\n") == 1
     assert bastion(["events", "--since", "soon"], tmp_path).returncode == 2
+
+
+def test_scan_errors_are_events(tmp_path: Path) -> None:
+    bastion(["scan", str(tmp_path / "no-such-file")], tmp_path)
+    listed = bastion(["events", "--outcome", "failure", "--json"], tmp_path).stdout
+    evs = [json.loads(line) for line in listed.splitlines()]
+    assert [e["event"]["action"] for e in evs] == ["scan-error"] and evs[0]["event"]["type"] == ["error"]
+    assert evs[0]["file"]["path"].endswith("no-such-file")

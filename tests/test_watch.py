@@ -197,3 +197,25 @@ def test_daemon_mode_scans_through_a_running_daemon(tmp_path: Path, mode: str) -
     finally:
         daemon.terminate()
         daemon.wait(timeout=30)
+
+
+@needs_fanotify
+def test_fanotify_allow_lists() -> None:
+    import shutil as sh
+    import tempfile
+
+    tmp_path = Path(tempfile.mkdtemp(prefix="bastion-watch-allow-", dir="/tmp"))  # reachable by nobody
+    os.chmod(tmp_path, 0o755)
+    victim = write(tmp_path / "w" / "eicar.com", EICAR)
+    os.chmod(tmp_path / "w", 0o755)
+    os.chmod(victim, 0o644)
+    cat = os.path.realpath(sh.which("cat") or "/bin/cat")
+    with watching(tmp_path, "--mode", "fanotify", "--allow-program", cat, "--allow-uid", "65534") as w:
+        with pytest.raises(PermissionError):
+            victim.read_bytes()  # this test process: held and denied
+        assert subprocess.run([cat, str(victim)], capture_output=True, timeout=30).stdout == EICAR  # allowed program
+        as_nobody = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "head", "-c", "4",
+                                    str(victim)], capture_output=True, timeout=30)
+        assert as_nobody.stdout == EICAR[:4], as_nobody.stderr  # allowed user
+        assert w.proc.poll() is None
+    sh.rmtree(tmp_path, ignore_errors=True)

@@ -443,6 +443,9 @@ def _handle(entry: Entry, res: ScanResult | None, tally: Tally, human: Human | N
         verdict = _verdict(res)
         if verdict == "infected":
             _detection_event(entry.path, res)
+        elif verdict == "error":
+            events.record("scan-error", f"{entry.path}: {res.error}", outcome="failure", path=entry.path,
+                          process="bastion scan")
         action = quarantiner.act(entry.path, res) if quarantiner and verdict == "infected" else None
         if action and action["outcome"] == "failed":
             events.record("quarantine", action["error"], outcome="failure", path=entry.path)
@@ -472,6 +475,8 @@ def _handle(entry: Entry, res: ScanResult | None, tally: Tally, human: Human | N
     kind = entry.kind
     if kind in (Kind.MISSING, Kind.ERROR, Kind.UNSUPPORTED):
         tally.errors += 1
+        events.record("scan-error", f"{entry.path}: {entry.detail or kind.value}", outcome="failure",
+                      path=entry.path, process="bastion scan")
         if human is None:
             sys.stdout.write(json.dumps(_entry_error_json(entry)) + "\n")
     elif kind in (Kind.EXCLUDED, Kind.SYMLINK):

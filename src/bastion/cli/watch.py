@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-filesize", default="5M", metavar="SIZE", help="larger files are not scanned (default 5M)")
     p.add_argument("--allow-program", action="append", default=[], metavar="EXE",
                    help="fanotify: never hold opens by this executable (repeatable)")
+    p.add_argument("--allow-uid", action="append", default=[], type=int, metavar="UID",
+                   help="fanotify: never hold opens by processes of this user (repeatable)")
     p.add_argument("--threads", type=int, default=4, metavar="N")
     p.add_argument("--daemon", default=None, metavar="SOCKET",
                    help="daemon mode: scan through the clamd-protocol daemon on this unix socket (its loaded "
@@ -110,7 +112,8 @@ def run(argv: list[str] | None = None) -> int:
             sys.stderr.write(f"error: no clamd-protocol daemon answers on {args.daemon}\n")
             return 2
     opts = WatchOptions(paths=args.paths, mode=args.mode, block=not args.no_block, timeout=args.timeout,
-                        max_filesize=max_filesize, allow_programs=args.allow_program, threads=max(1, args.threads),
+                        max_filesize=max_filesize, allow_programs=args.allow_program, allow_uids=args.allow_uid,
+                        threads=max(1, args.threads),
                         daemon_socket=args.daemon)
     out = _Output(args)
     try:

@@ -47,6 +47,7 @@ class WatchOptions:
     debounce: float = 0.2             # inotify: quiet time before a written file is scanned
     max_filesize: int = 5 * 1024 * 1024   # clamonacc's OnAccessMaxFileSize default
     allow_programs: list[str] = field(default_factory=list)  # executable paths never held (fanotify)
+    allow_uids: list[int] = field(default_factory=list)      # users whose opens are never held (fanotify)
     threads: int = 4
     daemon_socket: str | None = None  # scan through this clamd-protocol daemon instead of a local engine
 
@@ -304,6 +305,14 @@ class Watcher:
             fan.close()
 
     def _allowed(self, pid: int) -> bool:
+        if pid <= 1:  # the kernel's own and init's opens are never held
+            return True
+        if self.opts.allow_uids:
+            try:
+                if os.stat(f"/proc/{pid}").st_uid in self.opts.allow_uids:
+                    return True
+            except OSError:
+                pass
         if self._allowed_pids:
             ancestor = pid
             for _ in range(3):  # the daemon, its workers, their unpacking sandboxes
