@@ -20,6 +20,7 @@ def bastion_env(cache_dir: Path) -> dict[str, str]:
     env["BASTION_DB_DIR"] = str(cache_dir / "no-installed-db")
     env["BASTION_EVENTS_FILE"] = str(cache_dir / "events.jsonl")
     env["BASTION_SCHEDULES_FILE"] = str(cache_dir / "schedules.json")
+    env["BASTION_DB_STORE"] = env.get("BASTION_DB_STORE") or str(cache_dir / "store")
     env["BASTION_QUARANTINE_DIR"] = env.get("BASTION_QUARANTINE_DIR") or str(cache_dir / "quarantine")
     return env
 

@@ -62,6 +62,12 @@ def _migrate(argv: list[str]) -> int:
     return migrate.run(argv)
 
 
+def _db(argv: list[str]) -> int:
+    from bastion.cli import db
+
+    return db.run(argv)
+
+
 def _events(argv: list[str]) -> int:
     from bastion.cli import events
 
@@ -98,6 +104,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "watch": (_watch, "on-access scanning: scan files as they are opened or written (fanotify or inotify)"),
     "schedule": (_schedule, "scheduled scans: add, list, remove, run, run-due (for the systemd timer)"),
     "migrate": (_migrate, "import settings, signatures and rules from ClamAV, YARA and Loki (reads only)"),
+    "db": (_db, "database versions: stage, activate, list, rollback, log, verify-log"),
     "events": (_events, "show the event log: detections, actions, errors, database changes"),
     "daemon": (_daemon, "run the clamd-compatible daemon (reads clamd.conf: -c FILE)"),
     "api": (_api, "serve the REST API (scan uploads, version, health, database, Prometheus metrics)"),

@@ -35,7 +35,7 @@ from dataclasses import replace
 from bastion import CLAMAV_COMPAT_VERSION, events
 from bastion.daemon.config import DaemonConfig
 from bastion.daemon.protocol import ADVERTISED, MAX_COMMAND, Command, error, found, parse, split_command
-from bastion.database.compiled import Database, open_database
+from bastion.database.compiled import Database, is_cached, open_database
 from bastion.engine import Engine, ScanOptions, ScanResult
 
 _LOG_TIME_FORMAT = "%a %b %d %H:%M:%S %Y"
@@ -201,7 +201,8 @@ class Daemon:
         self.cfg = cfg
         self.log = log
         self._paths = [cfg.database_directory] if cfg.database_directory else None
-        _compile_in_child(self._paths, cfg.detect_pua)
+        if not is_cached(self._paths, pua=cfg.detect_pua):
+            _compile_in_child(self._paths, cfg.detect_pua)
         self.engine, self.allmatch_engine = self._engines(open_database(self._paths, pua=cfg.detect_pua))
         self.started = time.time()
         self._stop = threading.Event()
@@ -248,7 +249,8 @@ class Daemon:
         def work() -> None:
             try:
                 self._db_fingerprint = self._fingerprint()
-                _compile_in_child(self._paths, self.cfg.detect_pua, RELOAD_NICE)
+                if not is_cached(self._paths, pua=self.cfg.detect_pua):  # staged by `bastion db`: load only
+                    _compile_in_child(self._paths, self.cfg.detect_pua, RELOAD_NICE)
                 if self.cfg.concurrent_database_reload:
                     self.engine, self.allmatch_engine = self._engines(open_database(self._paths,
                                                                                     pua=self.cfg.detect_pua))

@@ -24,7 +24,7 @@ import signal
 import time
 
 from bastion.daemon.server import RELOAD_NICE, Daemon, DaemonLog, _compile_in_child, _reload_event
-from bastion.database.compiled import Database, open_database
+from bastion.database.compiled import Database, is_cached, open_database
 
 # a worker that dies sooner than this after its start is restarted only after this long (no fork storm)
 RESPAWN_BACKOFF = 1.0
@@ -101,7 +101,8 @@ class Supervisor:
     def reload(self) -> None:
         d = self.daemon
         d._db_fingerprint = d._fingerprint()
-        _compile_in_child(d._paths, d.cfg.detect_pua, RELOAD_NICE)
+        if not is_cached(d._paths, pua=d.cfg.detect_pua):  # staged by `bastion db`: load only
+            _compile_in_child(d._paths, d.cfg.detect_pua, RELOAD_NICE)
         if d.cfg.concurrent_database_reload:
             try:
                 db = open_database(d._paths, pua=d.cfg.detect_pua)

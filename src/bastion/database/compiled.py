@@ -197,8 +197,10 @@ def cache_dir() -> str:
 def cache_key(discovery: Discovery, pua: bool) -> str:
     h = hashlib.sha256()
     h.update(f"bastion {__version__} format {FORMAT_VERSION} fl {FUNCTIONALITY_LEVEL} pua {pua}\n".encode())
+    # real paths: a database reached through a link (the store's "active") is the one staged and
+    # compiled under its own name, so the daemon's reload of an activated version only loads it
     for c in discovery.candidates:
-        h.update(f"{os.path.abspath(c.path)}\0{c.role}\0{c.official}\0{c.sha256}\n".encode())
+        h.update(f"{os.path.realpath(c.path)}\0{c.role}\0{c.official}\0{c.sha256}\n".encode())
     for path, why in discovery.skipped:
         h.update(f"skipped {os.path.abspath(path)}\0{why}\n".encode())
     return h.hexdigest()
@@ -255,6 +257,21 @@ class DigestMemo:
             os.replace(tmp, self.path)
         except OSError:
             pass  # a read-only cache only costs speed
+
+
+def is_cached(paths: list[str] | None, *, pua: bool = False) -> bool:
+    """Whether the database for these paths is compiled already (so opening it only loads it)."""
+    official = False
+    if not paths:
+        paths, official = default_database_paths()
+    root = cache_dir()
+    memo = DigestMemo(root)
+    try:
+        discovery = discover(list(paths), pua=pua, official=official, digest=memo)
+    except SignatureError:
+        return False
+    memo.save()
+    return os.path.isfile(os.path.join(root, cache_key(discovery, pua), "manifest.json"))
 
 
 def open_database(paths: list[str] | None = None, *, pua: bool = False, use_cache: bool = True,

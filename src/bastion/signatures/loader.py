@@ -96,14 +96,18 @@ def builtin_database_dir() -> str:
 
 
 def default_database_paths() -> tuple[list[str], bool]:
-    """The installed database directory if it holds anything, else the built-in one.
+    """``$BASTION_DB_DIR``; else the active version of `bastion db` (its store's ``active``), else
+    /var/lib/bastion/db, if it holds anything; else the built-in database.
 
     Returns ``(paths, official)``: the built-in database is Bastion's own, so its names carry no
     ``.UNOFFICIAL`` suffix.
     """
-    installed = os.environ.get(DEFAULT_DB_DIR_ENV, DEFAULT_DB_DIR)
-    if os.path.isdir(installed) and any(not n.startswith(".") for n in os.listdir(installed)):
-        return [installed], False
+    from bastion.paths import active_database
+
+    explicit = os.environ.get(DEFAULT_DB_DIR_ENV)
+    for installed in ([explicit] if explicit else [active_database(), DEFAULT_DB_DIR]):
+        if os.path.isdir(installed) and any(not n.startswith(".") for n in os.listdir(installed)):
+            return [installed], False
     return [builtin_database_dir()], True
 
 

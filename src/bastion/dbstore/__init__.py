@@ -1,0 +1,1 @@
+"""Database versions (store.py) and the transparency log of their activations (tlog.py)."""
