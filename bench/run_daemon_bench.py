@@ -19,6 +19,9 @@ signature answers, plus 2 s.  Its peak is compared with the steady phase's peak 
 1.2x for Bastion; clamd needs about 2x).  ``--reload-mode`` sets Bastion's ConcurrentDatabaseReload.
 ``--soak`` makes the steady phase 600 s and reports PSS growth from its second minute (after the
 warm-up) to its last one; ``--samples FILE`` keeps every sample for a plot.
+``--via-store``: both daemons serve the active version of a ``bastion db`` store, and the reload is
+the updater's path: ``bastion db stage ... --activate`` (a separate process compiles and self-tests)
+then RELOAD, so Bastion's daemon only loads the new version.
 Prints a Markdown table.
 """
 
@@ -219,8 +222,18 @@ def run_one(cmd: list[str], conf: Path, sock_path: str, db: Path, corpus: list, 
         result = drive(args.clients, seconds)
         # reload under load: a new signature file, RELOAD, keep the clients going until it answers
         probe = b"reload-bench-" + os.urandom(4).hex().encode() + b"-probe"
-        extra.write_text(f"Bench.Daemon.Reloaded:0:*:{probe.hex()}\n")
         sampler.phase = "reload"
+        if args.via_store:
+            # the updater's path: `bastion db stage` (its own process, not the daemon's) compiles and
+            # self-tests the new version and activates it; the daemon then only loads it
+            update = Path(env["BASTION_DB_STORE"]).parent / "update"
+            shutil.rmtree(update, ignore_errors=True)
+            update.mkdir()
+            (update / "zz-reload.ndb").write_text(f"Bench.Daemon.Reloaded:0:*:{probe.hex()}\n")
+            subprocess.run([*shlex.split(args.bastion), "db", "stage", str(db), str(update), "--activate"],
+                           env=env, check=True, stdout=subprocess.DEVNULL)
+        else:
+            extra.write_text(f"Bench.Daemon.Reloaded:0:*:{probe.hex()}\n")
         halt = threading.Event()
         reload_result: dict = {}
         t0 = time.monotonic()
@@ -283,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="Bastion's ConcurrentDatabaseReload (clamd keeps its default, yes)")
     ap.add_argument("--only", choices=["clamd", "bastion"], default=None, help="run one daemon")
     ap.add_argument("--soak", action="store_true", help="600 s steady phase per daemon; report memory growth")
+    ap.add_argument("--via-store", action="store_true",
+                    help="both daemons serve `bastion db`'s active version; the reload is a staged activation")
+    ap.add_argument("--bastion", default=shutil.which("bastion") or "bastion", help="the bastion command (--via-store)")
     ap.add_argument("--samples", type=Path, default=None, metavar="CSV",
                     help="write every memory sample (daemon, phase, seconds, process MiB, tree MiB) here")
     args = ap.parse_args(argv)
@@ -313,7 +329,15 @@ def main(argv: list[str] | None = None) -> int:
         sock_path = str(root / f"{label}.sock")
         conf = root / f"{label}.conf"
         reload_mode = args.reload_mode if label == "bastion" else "yes"
-        conf.write_text(f"LocalSocket {sock_path}\nDatabaseDirectory {db}\nMaxThreads {args.threads}\n"
+        serve = db
+        if args.via_store:
+            store = root / f"store-{label}"
+            shutil.rmtree(store, ignore_errors=True)
+            env["BASTION_DB_STORE"] = str(store)
+            subprocess.run([*shlex.split(args.bastion), "db", "stage", str(db), "--activate"], env=env, check=True,
+                           stdout=subprocess.DEVNULL)
+            serve = store / "active"
+        conf.write_text(f"LocalSocket {sock_path}\nDatabaseDirectory {serve}\nMaxThreads {args.threads}\n"
                         f"StreamMaxLength 100M\nForeground yes\nSelfCheck 0\n"
                         f"ConcurrentDatabaseReload {reload_mode}\n")
         results[label] = run_one(cmd, conf, sock_path, db, corpus, args, env, listing, exe)

@@ -50,13 +50,9 @@ _warned = False
 
 
 def events_path() -> str:
-    env = os.environ.get(EVENTS_FILE_ENV)
-    if env:
-        return env
-    if os.geteuid() == 0:
-        return "/var/log/bastion/events.jsonl"
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return os.path.join(base, "bastion", "events.jsonl")
+    from bastion.paths import user_state
+
+    return user_state(EVENTS_FILE_ENV, "/var/log/bastion/events.jsonl", "events.jsonl")
 
 
 def _timestamp(t: float) -> str:

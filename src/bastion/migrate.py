@@ -108,11 +108,7 @@ def _daemon_section(path: str, report: Report, db_dir: str) -> tuple[dict[str, o
             continue
         if name == "ExcludePath":
             excludes.append(value)
-        if repeatable:
-            keys.setdefault(key, [])
-            keys[key].append(typed)  # type: ignore[union-attr]
-        else:
-            keys[key] = typed
+        _set(keys, key, typed, repeatable)
         report.add(where)
     keys["database_directory"] = db_dir
     return keys, excludes, original_db
@@ -128,13 +124,19 @@ def _update_section(path: str, report: Report) -> dict[str, object]:
             continue
         key, repeatable = known
         typed: object = int(value) if value.isdigit() else value
-        if repeatable:
-            keys.setdefault(key, [])
-            keys[key].append(typed)  # type: ignore[union-attr]
-        else:
-            keys[key] = typed
+        _set(keys, key, typed, repeatable)
         report.add(where)
     return keys
+
+
+def _set(keys: dict[str, object], key: str, value: object, repeatable: bool) -> None:
+    """A TOML key's value; a repeatable option collects its lines into a list."""
+    if repeatable:
+        listed = keys.setdefault(key, [])
+        assert isinstance(listed, list)
+        listed.append(value)
+    else:
+        keys[key] = value
 
 
 def _yara_ok(text: str) -> str | None:
@@ -164,71 +166,71 @@ def _unique(directory: str, name: str, taken: set[str]) -> str:
     return os.path.join(directory, candidate)
 
 
+def _content_lines(path: str) -> list[tuple[int, str]]:
+    """(line number, text without its newline) of each line that is not empty or a # comment."""
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        return [(n, raw.rstrip("\n")) for n, raw in enumerate(fh, 1)
+                if raw.strip() and not raw.lstrip().startswith("#")]
+
+
 def _loki_hashes(path: str, report: Report) -> list[str]:
     lines = []
-    lengths = {32, 40, 64}
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for number, raw in enumerate(fh, 1):
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            digest, _, comment = line.partition(";")
-            digest = digest.strip().lower()
-            if len(digest) not in lengths or not re.fullmatch(r"[0-9a-f]+", digest):
-                report.skip(f"{path}:{number}", "not an MD5, SHA1 or SHA256 hash")
-                continue
-            label = re.sub(r"[^A-Za-z0-9._-]+", "_", comment.strip())[:60].strip("_") or "hash"
-            lines.append(f"{digest}:*:Loki.HashIOC.{label}.L{number}:73\n")
-            report.add(f"{path}:{number}")
+    for number, raw in _content_lines(path):
+        digest, _, comment = raw.strip().partition(";")
+        digest = digest.strip().lower()
+        if len(digest) not in (32, 40, 64) or not re.fullmatch(r"[0-9a-f]+", digest):
+            report.skip(f"{path}:{number}", "not an MD5, SHA1 or SHA256 hash")
+            continue
+        label = re.sub(r"[^A-Za-z0-9._-]+", "_", comment.strip())[:60].strip("_") or "hash"
+        lines.append(f"{digest}:*:Loki.HashIOC.{label}.L{number}:73\n")
+        report.add(f"{path}:{number}")
     return lines
+
+
+def _yara_regex(regex: str) -> str:
+    """A Loki regex inside YARA's /.../: slashes escaped."""
+    return regex.replace("/", "\\/")
 
 
 def _loki_filenames(path: str, report: Report) -> list[str]:
     rules = []
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for number, raw in enumerate(fh, 1):
-            line = raw.rstrip("\n")
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
-            parts = line.split(";")
-            # Loki's IOCs are mostly Windows paths: an escaped backslash matches either separator here
-            regex = parts[0].replace("\\\\", "[\\\\/]")
-            score = parts[1].strip() if len(parts) > 1 and parts[1].strip().isdigit() else "50"
-            false_positive = parts[2] if len(parts) > 2 and parts[2] else None
-            condition = f"filepath matches /{regex.replace('/', chr(92) + '/')}/i"
-            if false_positive:
-                condition += f" and not filepath matches /{false_positive.replace('/', chr(92) + '/')}/i"
-            rule = (f"rule Loki_FilenameIOC_L{number} {{\n  meta:\n    source = {json.dumps(path)}\n"
-                    f"    line = {number}\n    score = {score}\n  condition:\n    {condition}\n}}\n")
-            why = _yara_ok(rule)
-            if why:
-                report.skip(f"{path}:{number}", f"its regex is not one YARA accepts ({why})")
-                continue
-            rules.append(rule)
-            report.add(f"{path}:{number}")
+    for number, line in _content_lines(path):
+        parts = line.split(";")
+        # Loki's IOCs are mostly Windows paths: an escaped backslash matches either separator here
+        regex = parts[0].replace("\\\\", "[\\\\/]")
+        score = parts[1].strip() if len(parts) > 1 and parts[1].strip().isdigit() else "50"
+        false_positive = parts[2] if len(parts) > 2 and parts[2] else None
+        condition = f"filepath matches /{_yara_regex(regex)}/i"
+        if false_positive:
+            condition += f" and not filepath matches /{_yara_regex(false_positive)}/i"
+        rule = (f"rule Loki_FilenameIOC_L{number} {{\n  meta:\n    source = {json.dumps(path)}\n"
+                f"    line = {number}\n    score = {score}\n  condition:\n    {condition}\n}}\n")
+        why = _yara_ok(rule)
+        if why:
+            report.skip(f"{path}:{number}", f"its regex is not one YARA accepts ({why})")
+            continue
+        rules.append(rule)
+        report.add(f"{path}:{number}")
     return rules
 
 
 def _exclusions(path: str, report: Report) -> list[str]:
     out = []
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for number, raw in enumerate(fh, 1):
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            if line.startswith(("/", "~")) and not any(c in line for c in "*?["):
-                regex = "^" + re.escape(os.path.expanduser(line).rstrip("/")) + "(/|$)"
-            elif any(c in line for c in "*?["):
-                regex = fnmatch.translate(os.path.expanduser(line))
-            else:
-                regex = line
-            try:
-                re.compile(regex)
-            except re.error as exc:
-                report.skip(f"{path}:{number}", f"not a path, glob or regular expression ({exc})")
-                continue
-            out.append(regex)
-            report.add(f"{path}:{number}")
+    for number, raw in _content_lines(path):
+        line = raw.strip()
+        if line.startswith(("/", "~")) and not any(c in line for c in "*?["):
+            regex = "^" + re.escape(os.path.expanduser(line).rstrip("/")) + "(/|$)"
+        elif any(c in line for c in "*?["):
+            regex = fnmatch.translate(os.path.expanduser(line))
+        else:
+            regex = line
+        try:
+            re.compile(regex)
+        except re.error as exc:
+            report.skip(f"{path}:{number}", f"not a path, glob or regular expression ({exc})")
+            continue
+        out.append(regex)
+        report.add(f"{path}:{number}")
     return out
 
 

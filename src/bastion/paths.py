@@ -8,16 +8,30 @@ import os
 DB_STORE_ENV = "BASTION_DB_STORE"
 
 
-def state_dir() -> str:
+def located(env: str, system: str, user_base_env: str, user_default: tuple[str, ...], *tail: str) -> str:
+    """``$env`` if set; else ``system`` for root; else ``$user_base_env`` (or ``~/<user_default>``)
+    joined with ``bastion`` and ``tail``."""
+    given = os.environ.get(env)
+    if given:
+        return given
     if os.geteuid() == 0:
-        return "/var/lib/bastion"
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return os.path.join(base, "bastion")
+        return system
+    base = os.environ.get(user_base_env) or os.path.join(os.path.expanduser("~"), *user_default)
+    return os.path.join(base, "bastion", *tail)
+
+
+def user_state(env: str, system: str, *tail: str) -> str:
+    """A state file or folder: ``$env``, /var/... for root, else under ~/.local/state/bastion."""
+    return located(env, system, "XDG_STATE_HOME", (".local", "state"), *tail)
+
+
+def state_dir() -> str:
+    return user_state("", "/var/lib/bastion")
 
 
 def db_store() -> str:
     """The database store of `bastion db` (versions, the active link, the transparency log)."""
-    return os.environ.get(DB_STORE_ENV) or os.path.join(state_dir(), "store")
+    return user_state(DB_STORE_ENV, "/var/lib/bastion/store", "store")
 
 
 def active_database() -> str:

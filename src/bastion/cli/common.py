@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 
 from bastion.database.compiled import Database, open_database
@@ -28,6 +29,15 @@ def compile_patterns(patterns: list[str], option: str) -> list[re.Pattern[str]]:
         except re.error as exc:
             raise ValueError(f"{option}: bad regular expression {text!r}: {exc}") from None
     return out
+
+
+def parse_command_line(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace | int:
+    """The parsed arguments, or the exit code when argparse stopped (``--help``: 0, a usage error: 2,
+    already reported), so that a front end's ``run`` returns instead of exiting."""
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
 
 
 def load_database(paths: list[str] | None, pua: bool = False, rules: list[str] | None = None,

@@ -19,6 +19,7 @@ import json
 import sys
 
 from bastion import events
+from bastion.cli.common import parse_command_line
 from bastion.dbstore.store import DatabaseStore, StoreError
 from bastion.dbstore.tlog import Head
 
@@ -54,10 +55,9 @@ def _files(paths: list[str]) -> list[str]:
 
 
 def run(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    args = parse_command_line(build_parser(), argv)
+    if isinstance(args, int):
+        return args
     store = DatabaseStore(args.store)
     fixed = store.reconcile() if args.action != "verify-log" else None
     if fixed:

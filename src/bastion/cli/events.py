@@ -12,6 +12,7 @@ import sys
 from collections import deque
 
 from bastion import events
+from bastion.cli.common import parse_command_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,10 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    args = parse_command_line(build_parser(), argv)
+    if isinstance(args, int):
+        return args
     try:
         since = events.parse_since(args.since) if args.since else None
     except ValueError:

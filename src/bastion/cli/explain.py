@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Any
 
-from bastion.cli.common import SignatureError, load_database
+from bastion.cli.common import SignatureError, load_database, parse_command_line
 from bastion.database.compiled import Database
 from bastion.engine import Detection, Engine, ScanOptions, ScanResult
 from bastion.signatures.ldb import split_fields
@@ -144,10 +144,9 @@ def _render(path: str, result: ScanResult, explained: list[dict[str, Any]]) -> N
 
 
 def run(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    args = parse_command_line(build_parser(), argv)
+    if isinstance(args, int):
+        return args
     try:
         db = load_database(args.database, pua=args.detect_pua)
     except SignatureError as exc:

@@ -14,6 +14,7 @@ import json
 import os
 import sys
 
+from bastion.cli.common import parse_command_line
 from bastion.migrate import migrate
 
 
@@ -37,10 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    args = parse_command_line(build_parser(), argv)
+    if isinstance(args, int):
+        return args
     clamd_conf, freshclam_conf = args.clamd_conf, args.freshclam_conf
     if args.from_clamav:
         clamd_conf = clamd_conf or _existing(os.path.join(args.from_clamav, "clamd.conf"))

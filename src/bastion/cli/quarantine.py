@@ -12,6 +12,7 @@ import json
 import os
 import sys
 
+from bastion.cli.common import parse_command_line
 from bastion.quarantine import Item, Quarantine, QuarantineError
 
 
@@ -51,10 +52,9 @@ def _line(item: Item) -> str:
 
 
 def run(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    args = parse_command_line(build_parser(), argv)
+    if isinstance(args, int):
+        return args
     try:
         with Quarantine(args.dir) as q:
             for line in q.recovered:

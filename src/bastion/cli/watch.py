@@ -15,7 +15,7 @@ import threading
 from typing import Any
 
 from bastion import events
-from bastion.cli.common import SignatureError, load_database, parse_size
+from bastion.cli.common import SignatureError, load_database, parse_command_line, parse_size
 from bastion.engine import Engine, ScanOptions, ScanResult
 from bastion.watch.watcher import Watcher, WatchOptions
 
@@ -93,10 +93,9 @@ class _Output:
 
 
 def run(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    args = parse_command_line(build_parser(), argv)
+    if isinstance(args, int):
+        return args
     engine = None
     try:
         max_filesize = parse_size(args.max_filesize) or (1 << 62)

@@ -38,6 +38,7 @@ from typing import Any
 
 from bastion.database.atomic import fsync_dir, write_file_atomically
 from bastion.dbstore.tlog import TransparencyLog
+from bastion.signatures.loader import file_digest
 
 FAULT_ENV = "BASTION_FAULT_KILL_AT"
 STEPS = ("copied", "stored", "compiled", "tested", "switched")
@@ -88,14 +89,6 @@ def inputs_digest(files: dict[str, str]) -> str:
     h = hashlib.sha256()
     for name in sorted(files):
         h.update(f"{name}\0{files[name]}\n".encode())
-    return h.hexdigest()
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for piece in iter(lambda: fh.read(1 << 20), b""):
-            h.update(piece)
     return h.hexdigest()
 
 
@@ -158,7 +151,7 @@ class DatabaseStore:
                     shutil.copyfileobj(src_fh, out, 1 << 20)
                     out.flush()
                     os.fsync(out.fileno())
-                files[name] = _sha256(dest)
+                files[name] = file_digest(dest)
             fsync_dir(target)
             _fault("copied")
             digest = inputs_digest(files)

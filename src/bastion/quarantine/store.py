@@ -107,13 +107,10 @@ class Item:
 
 def default_dir() -> str:
     """``$BASTION_QUARANTINE_DIR``, else /var/lib/bastion/quarantine for root, else under ~/.local/share."""
-    env = os.environ.get(QUARANTINE_DIR_ENV)
-    if env:
-        return env
-    if os.geteuid() == 0:
-        return "/var/lib/bastion/quarantine"
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return os.path.join(base, "bastion", "quarantine")
+    from bastion.paths import located
+
+    return located(QUARANTINE_DIR_ENV, "/var/lib/bastion/quarantine", "XDG_DATA_HOME", (".local", "share"),
+                   "quarantine")
 
 
 def _now() -> str:

@@ -50,13 +50,9 @@ class Schedule:
 
 
 def schedules_path() -> str:
-    env = os.environ.get(SCHEDULES_FILE_ENV)
-    if env:
-        return env
-    if os.geteuid() == 0:
-        return "/var/lib/bastion/schedules.json"
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return os.path.join(base, "bastion", "schedules.json")
+    from bastion.paths import user_state
+
+    return user_state(SCHEDULES_FILE_ENV, "/var/lib/bastion/schedules.json", "schedules.json")
 
 
 def load(path: str | None = None) -> dict[str, Schedule]:
