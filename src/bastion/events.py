@@ -29,6 +29,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from bastion.paths import user_state
+
 EVENTS_FILE_ENV = "BASTION_EVENTS_FILE"
 SYSLOG_ENV = "BASTION_EVENTS_SYSLOG"
 
@@ -50,8 +52,6 @@ _warned = False
 
 
 def events_path() -> str:
-    from bastion.paths import user_state
-
     return user_state(EVENTS_FILE_ENV, "/var/log/bastion/events.jsonl", "events.jsonl")
 
 

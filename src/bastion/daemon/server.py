@@ -19,7 +19,9 @@ done yet is listed in the README.
 from __future__ import annotations
 
 import array
+import ctypes
 import errno
+import gc
 import os
 import re
 import select
@@ -39,6 +41,11 @@ from bastion.database.compiled import Database, is_cached, open_database
 from bastion.engine import Engine, ScanOptions, ScanResult
 
 _LOG_TIME_FORMAT = "%a %b %d %H:%M:%S %Y"
+# imported now: after ``User`` drops privileges the interpreter's own files may be out of reach
+try:
+    _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+except (OSError, AttributeError):  # not glibc: freed memory is reused, only not returned
+    _malloc_trim = None
 RELOAD_NICE = 10
 
 SESSION_COMMANDS = frozenset({"SCAN", "INSTREAM", "FILDES", "VERSION", "VERSIONCOMMANDS", "PING", "STATS", "END"})
@@ -277,9 +284,7 @@ class Daemon:
         self._gate.close_and_drain()
         try:
             self.engine = self.allmatch_engine = None  # type: ignore[assignment]
-            import gc
-
-            gc.collect()
+            release_memory()
             try:
                 db = open_database(self._paths, pua=self.cfg.detect_pua)
             except Exception:
@@ -609,6 +614,15 @@ class Daemon:
         if not counts["infected"] and counts["errors"] < counts["items"]:
             lines.append(f"{path}: OK")
         return lines
+
+
+def release_memory() -> None:
+    """Collect the old database's objects and give the freed heap back to the system (glibc's
+    malloc_trim), so that the new database does not stack on memory the old one left behind."""
+    gc.unfreeze()  # the old database's objects were frozen before the workers were forked
+    gc.collect()
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 def _reload_event(db: Database, failure: Exception | None) -> None:

@@ -23,7 +23,7 @@ import os
 import signal
 import time
 
-from bastion.daemon.server import RELOAD_NICE, Daemon, DaemonLog, _compile_in_child, _reload_event
+from bastion.daemon.server import RELOAD_NICE, Daemon, DaemonLog, _compile_in_child, _reload_event, release_memory
 from bastion.database.compiled import Database, is_cached, open_database
 
 # a worker that dies sooner than this after its start is restarted only after this long (no fork storm)
@@ -46,6 +46,12 @@ class Supervisor:
 
     # ------------------------------------------------------------------ processes
     def _spawn(self) -> None:
+        # garbage is collected and the heap trimmed first, so that workers do not inherit (and keep,
+        # frozen) what the supervisor frees later; everything it holds then goes into the collector's
+        # permanent generation: a worker's collections never write to those objects, so their pages
+        # stay shared instead of being copied into every worker
+        release_memory()
+        gc.freeze()
         pid = os.fork()
         if pid == 0:  # the worker
             code = 0
@@ -118,7 +124,7 @@ class Supervisor:
             old_path = d.engine.db.path
             self._wait_for(self._retire_all(), d.cfg.read_timeout + STOP_GRACE)
             d.engine = d.allmatch_engine = None  # type: ignore[assignment]
-            gc.collect()
+            release_memory()
             try:
                 db = open_database(d._paths, pua=d.cfg.detect_pua)
             except Exception as exc:
@@ -132,7 +138,7 @@ class Supervisor:
             d.engine, d.allmatch_engine = d._engines(db)
             for _ in range(self.count):
                 self._spawn()
-        gc.collect()
+        release_memory()
         self.log(f"Database correctly reloaded ({d.engine.db.signature_count} signatures)")
         _reload_event(d.engine.db, None)
 
