@@ -68,6 +68,18 @@ def _db(argv: list[str]) -> int:
     return db.run(argv)
 
 
+def _feed(argv: list[str]) -> int:
+    from bastion.cli import feed
+
+    return feed.run(argv)
+
+
+def _update(argv: list[str]) -> int:
+    from bastion.cli import update
+
+    return update.run(argv)
+
+
 def _events(argv: list[str]) -> int:
     from bastion.cli import events
 
@@ -105,6 +117,8 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "schedule": (_schedule, "scheduled scans: add, list, remove, run, run-due (for the systemd timer)"),
     "migrate": (_migrate, "import settings, signatures and rules from ClamAV, YARA and Loki (reads only)"),
     "db": (_db, "database versions: stage, activate, list, rollback, log, verify-log"),
+    "update": (_update, "update the database from signed feeds (TUF), stage, self-test, activate by policy"),
+    "feed": (_feed, "run your own signed signature feed (init, add, publish, rotate-key)"),
     "events": (_events, "show the event log: detections, actions, errors, database changes"),
     "daemon": (_daemon, "run the clamd-compatible daemon (reads clamd.conf: -c FILE)"),
     "api": (_api, "serve the REST API (scan uploads, version, health, database, Prometheus metrics)"),

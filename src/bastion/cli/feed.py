@@ -1,0 +1,59 @@
+"""``bastion feed``: run your own signed signature feed from a folder served by any static web server.
+
+    bastion feed init DIR                  keys (Ed25519, one per TUF role) and the first metadata
+    bastion feed add DIR FILE...           signature files to publish (data only)
+    bastion feed remove DIR NAME...
+    bastion feed publish DIR               sign: new targets, snapshot and timestamp versions
+    bastion feed rotate-key DIR ROLE       replace (revoke) a role's key: a new signed root
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bastion.cli.common import parse_command_line
+from bastion.feed.publisher import ROLES, Feed, FeedError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bastion feed", description="Publish a signed signature feed.")
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sub.add_parser("init", help="create a feed").add_argument("dir")
+    add = sub.add_parser("add", help="add signature files")
+    add.add_argument("dir")
+    add.add_argument("files", nargs="+")
+    rm = sub.add_parser("remove", help="remove published files")
+    rm.add_argument("dir")
+    rm.add_argument("names", nargs="+")
+    sub.add_parser("publish", help="sign and publish what is in the feed").add_argument("dir")
+    rot = sub.add_parser("rotate-key", help="replace a role's key")
+    rot.add_argument("dir")
+    rot.add_argument("role", choices=ROLES)
+    return p
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = parse_command_line(build_parser(), argv)
+    if isinstance(args, int):
+        return args
+    feed = Feed(args.dir)
+    try:
+        if args.action == "init":
+            root = feed.init()
+            print(f"feed created in {feed.dir}; clients trust {root} (give it to `bastion update --trust`)")
+            print(f"serve {feed.dir} with any static web server; keep {feed.keys_dir} private")
+        elif args.action == "add":
+            print(f"added {', '.join(feed.add(args.files))}; run `bastion feed publish {args.dir}`")
+        elif args.action == "remove":
+            feed.remove(args.names)
+            print(f"removed {', '.join(args.names)}; run `bastion feed publish {args.dir}`")
+        elif args.action == "publish":
+            print(f"published targets version {feed.publish()}")
+        else:
+            feed.rotate_key(args.role)
+            print(f"{args.role} key replaced; the new root is published")
+    except (FeedError, OSError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 1
+    return 0

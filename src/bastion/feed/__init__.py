@@ -1,0 +1,1 @@
+"""Signed signature feeds (TUF): publishing one (publisher.py) and fetching one (client.py)."""

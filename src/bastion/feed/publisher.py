@@ -1,0 +1,174 @@
+"""Run your own signed signature feed: a folder any static web server can serve, signed the way The
+Update Framework specifies (python-tuf's metadata API; Ed25519 keys, one per role).
+
+Layout of a feed folder::
+
+    keys/<role>.pem              the private keys (0600; keep root's offline in real use)
+    metadata/1.root.json         root (and N.root.json for each rotation), targets.json,
+    metadata/root.json           snapshot.json, timestamp.json: what clients fetch
+    targets/<file>               the signature files, and bastion-feed.json listing them
+
+Only signature *data* may be published (:data:`DATA_EXTENSIONS`); a feed never carries program code,
+and clients refuse one that tries.  Every ``publish`` raises the versions of targets, snapshot and
+timestamp and re-signs them; expiry is set per role (root a year, targets and snapshot a month,
+timestamp a day by default): a feed that stops publishing goes stale and clients say so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from datetime import UTC, datetime, timedelta
+
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from securesystemslib.signer import CryptoSigner, SSlibKey
+from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Targets, Timestamp
+from tuf.api.serialization.json import JSONSerializer
+
+from bastion.database.atomic import write_file_atomically
+
+ROLES = ("root", "targets", "snapshot", "timestamp")
+MANIFEST = "bastion-feed.json"
+DATA_EXTENSIONS = frozenset({
+    ".hdb", ".hsb", ".hdu", ".hsu", ".mdb", ".msb", ".mdu", ".msu", ".ndb", ".ndu", ".ldb", ".ldu", ".cdb",
+    ".ftm", ".fp", ".sfp", ".ign", ".ign2", ".imp", ".pdb", ".wdb", ".gdb", ".yar", ".yara", ".cvd", ".cld", ".cud",
+})
+EXPIRY_DAYS = {"root": 365, "targets": 30, "snapshot": 30, "timestamp": 1}
+
+
+class FeedError(Exception):
+    pass
+
+
+def is_data(name: str) -> bool:
+    """A signature file's name; anything else (scripts, programs, libraries) is never published."""
+    return os.path.splitext(name)[1].lower() in DATA_EXTENSIONS and "/" not in name and not name.startswith(".")
+
+
+def _expiry(role: str, days: dict[str, float] | None) -> datetime:
+    span = (days or {}).get(role, EXPIRY_DAYS[role])
+    return (datetime.now(UTC) + timedelta(days=span)).replace(microsecond=0)
+
+
+class Feed:
+    def __init__(self, directory: str) -> None:
+        self.dir = os.path.abspath(directory)
+        self.keys_dir = os.path.join(self.dir, "keys")
+        self.meta_dir = os.path.join(self.dir, "metadata")
+        self.targets_dir = os.path.join(self.dir, "targets")
+
+    # ------------------------------------------------------------------ keys
+    def _signer(self, role: str) -> CryptoSigner:
+        with open(os.path.join(self.keys_dir, f"{role}.pem"), "rb") as fh:
+            private = load_pem_private_key(fh.read(), password=None)
+        return CryptoSigner(private, SSlibKey.from_crypto(private.public_key()))
+
+    def _write(self, name: str, md: Metadata) -> None:
+        write_file_atomically(os.path.join(self.meta_dir, name), md.to_bytes(JSONSerializer(compact=False)))
+
+    def _load(self, name: str) -> Metadata:
+        return Metadata.from_file(os.path.join(self.meta_dir, name))
+
+    # ------------------------------------------------------------------ actions
+    def init(self, days: dict[str, float] | None = None) -> str:
+        """Make the keys and the first signed metadata; returns root.json's path (give it to clients)."""
+        if os.path.exists(os.path.join(self.meta_dir, "root.json")):
+            raise FeedError(f"{self.dir} is a feed already")
+        for d in (self.keys_dir, self.meta_dir, self.targets_dir):
+            os.makedirs(d, exist_ok=True)
+        os.chmod(self.keys_dir, 0o700)
+        signers = {}
+        for role in ROLES:
+            signer = CryptoSigner.generate_ed25519()
+            fd = os.open(os.path.join(self.keys_dir, f"{role}.pem"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(signer.private_bytes)
+            signers[role] = signer
+        root = Metadata(Root(expires=_expiry("root", days), consistent_snapshot=False))
+        for role in ROLES:
+            root.signed.add_key(signers[role].public_key, role)
+        root.sign(signers["root"])
+        self._write("1.root.json", root)
+        self._write("root.json", root)
+        write_file_atomically(os.path.join(self.targets_dir, MANIFEST), json.dumps({"files": []}).encode())
+        targets = Metadata(Targets(expires=_expiry("targets", days)))
+        self._publish(targets, days, signers)
+        return os.path.join(self.meta_dir, "root.json")
+
+    def add(self, files: list[str]) -> list[str]:
+        """Copy signature files into the feed (published by the next ``publish``)."""
+        added = []
+        for path in files:
+            name = os.path.basename(path)
+            if not is_data(name):
+                raise FeedError(f"{name}: not a signature file; a feed carries data only, never program code")
+            shutil.copyfile(path, os.path.join(self.targets_dir, name))
+            added.append(name)
+        return added
+
+    def remove(self, names: list[str]) -> None:
+        for name in names:
+            os.unlink(os.path.join(self.targets_dir, name))
+
+    def publish(self, days: dict[str, float] | None = None) -> int:
+        """Sign the current files: new targets, snapshot and timestamp versions.  Returns the version."""
+        signers = {role: self._signer(role) for role in ("targets", "snapshot", "timestamp")}
+        targets = self._load("targets.json")
+        targets.signed.version += 1
+        targets.signed.expires = _expiry("targets", days)
+        return self._publish(targets, days, signers)
+
+    def _publish(self, targets: Metadata, days: dict[str, float] | None, signers: dict[str, CryptoSigner]) -> int:
+        files = sorted(n for n in os.listdir(self.targets_dir) if n != MANIFEST and is_data(n))
+        write_file_atomically(os.path.join(self.targets_dir, MANIFEST),
+                              json.dumps({"files": files}, indent=2).encode())
+        targets.signed.targets = {
+            name: TargetFile.from_file(name, os.path.join(self.targets_dir, name), ["sha256"])
+            for name in [*files, MANIFEST]
+        }
+        targets.signatures.clear()
+        targets.sign(signers["targets"])
+        self._write("targets.json", targets)
+        if os.path.exists(os.path.join(self.meta_dir, "snapshot.json")):
+            snapshot = self._load("snapshot.json")
+            snapshot.signed.version += 1
+        else:
+            snapshot = Metadata(Snapshot())
+        snapshot.signed.expires = _expiry("snapshot", days)
+        snapshot.signed.meta["targets.json"] = MetaFile(version=targets.signed.version)
+        snapshot.signatures.clear()
+        snapshot.sign(signers["snapshot"])
+        self._write("snapshot.json", snapshot)
+        if os.path.exists(os.path.join(self.meta_dir, "timestamp.json")):
+            timestamp = self._load("timestamp.json")
+            timestamp.signed.version += 1
+        else:
+            timestamp = Metadata(Timestamp())
+        timestamp.signed.expires = _expiry("timestamp", days)
+        timestamp.signed.snapshot_meta = MetaFile(version=snapshot.signed.version)
+        timestamp.signatures.clear()
+        timestamp.sign(signers["timestamp"])
+        self._write("timestamp.json", timestamp)
+        return targets.signed.version
+
+    def rotate_key(self, role: str) -> None:
+        """Replace a role's key (revoking the old one): a new root version signed by the old and new
+        root keys, then everything re-signed."""
+        root = self._load("root.json")
+        old_root_signer = self._signer("root")
+        new = CryptoSigner.generate_ed25519()
+        for keyid in list(root.signed.roles[role].keyids):
+            root.signed.revoke_key(keyid, role)
+        root.signed.add_key(new.public_key, role)
+        root.signed.version += 1
+        root.signatures.clear()
+        path = os.path.join(self.keys_dir, f"{role}.pem")
+        write_file_atomically(path, new.private_bytes)
+        os.chmod(path, 0o600)
+        root.sign(old_root_signer, append=True)
+        if role == "root":
+            root.sign(new, append=True)
+        self._write(f"{root.signed.version}.root.json", root)
+        self._write("root.json", root)
+        self.publish()

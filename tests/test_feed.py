@@ -1,0 +1,192 @@
+"""Signed feeds over HTTP on loopback: a feed made with `bastion feed` updates a machine with
+`bastion update`, and every attack TUF guards against is refused with the active database untouched:
+a rollback to older metadata, a frozen (expired) feed, metadata signed by a wrong or revoked key,
+mixed-and-matched metadata, a target whose bytes differ from what was signed, an endless download,
+and a feed that tries to ship program code."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bastion.feed.publisher import Feed, FeedError
+from tests.helpers import bastion_env, write
+
+SIG1 = "Feed.Sig.One:0:*:" + b"feed signature one".hex() + "\n"
+SIG2 = "Feed.Sig.Two:0:*:" + b"feed signature two".hex() + "\n"
+
+
+@pytest.fixture()
+def server(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    root = tmp_path / "www"
+    root.mkdir()
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(root))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+
+
+def env_for(tmp: Path) -> dict[str, str]:
+    env = bastion_env(tmp / "cache")
+    del env["BASTION_DB_DIR"]  # scans use the store's active version
+    return env
+
+
+def bastion(args: list[str], tmp: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bastion.cli.main", *args], capture_output=True, text=True,
+                          env=env_for(tmp), timeout=180)
+
+
+def detects(tmp: Path, data: bytes) -> list[str]:
+    target = write(tmp / "probe.bin", data)
+    r = bastion(["scan", "--json", str(target)], tmp)
+    return [d["name"] for d in json.loads(r.stdout.splitlines()[0])["detections"]]
+
+
+def make_feed(www: Path) -> Feed:
+    feed = Feed(str(www / "feed"))
+    feed.init()
+    return feed
+
+
+def update(tmp: Path, url: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return bastion(["update", "--feed", f"main={url}/feed", "--trust", f"main={tmp / 'www/feed/metadata/root.json'}",
+                    *extra], tmp)
+
+
+def test_feed_updates_a_machine(tmp_path: Path, server: tuple[Path, str]) -> None:
+    www, url = server
+    r = bastion(["feed", "init", str(www / "feed")], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert bastion(["feed", "add", str(www / "feed"), str(write(tmp_path / "one.ndb", SIG1))], tmp_path).returncode == 0
+    assert bastion(["feed", "publish", str(www / "feed")], tmp_path).returncode == 0
+    r = update(tmp_path, url, "--dry-run")
+    assert "would add one.ndb (1 signatures)" in r.stdout and detects(tmp_path, b"feed signature one") == []
+    r = update(tmp_path, url)
+    assert r.returncode == 0 and "activated" in r.stdout, r.stderr
+    assert detects(tmp_path, b"feed signature one") == ["Feed.Sig.One.UNOFFICIAL"]
+    # the publisher adds a file; the next update brings it, manual policy stages only
+    Feed(str(www / "feed")).add([str(write(tmp_path / "two.ndb", SIG2))])
+    Feed(str(www / "feed")).publish()
+    r = update(tmp_path, url, "--policy", "manual")
+    assert "staged only" in r.stdout and detects(tmp_path, b"feed signature two") == []
+    version = r.stdout.split("bastion db activate ")[1].split()[0]
+    assert bastion(["db", "activate", version], tmp_path).returncode == 0
+    assert detects(tmp_path, b"feed signature two") == ["Feed.Sig.Two.UNOFFICIAL"]
+    log = [json.loads(x)["record"] for x in bastion(["db", "log", "--json"], tmp_path).stdout.splitlines()]
+    assert "bastion update" in log[0]["trigger"] and "one.ndb" in log[1]["inputs"]
+
+
+def _refused(tmp: Path, url: str, reason: str) -> None:
+    r = update(tmp, url)
+    assert r.returncode == 1 and reason in r.stderr, r.stderr
+    assert detects(tmp, b"feed signature one") == ["Feed.Sig.One.UNOFFICIAL"]  # the active version is untouched
+    assert detects(tmp, b"feed signature two") == []
+
+
+def _first_update(tmp: Path, www: Path, url: str) -> Feed:
+    feed = make_feed(www)
+    feed.add([str(write(tmp / "one.ndb", SIG1))])
+    feed.publish()
+    assert update(tmp, url).returncode == 0
+    feed.add([str(write(tmp / "two.ndb", SIG2))])
+    return feed
+
+
+def test_rollback_attack(tmp_path: Path, server: tuple[Path, str]) -> None:
+    www, url = server
+    feed = _first_update(tmp_path, www, url)
+    meta = www / "feed" / "metadata"
+    old = {n: (meta / n).read_bytes() for n in ("timestamp.json", "snapshot.json", "targets.json")}
+    feed.publish()
+    assert update(tmp_path, url).returncode == 0  # the client has seen the newer versions
+    feed.remove(["two.ndb"])
+    feed.publish()
+    assert update(tmp_path, url).returncode == 0
+    for name, data in old.items():  # a mirror replays the older, validly signed metadata
+        (meta / name).write_bytes(data)
+    r = update(tmp_path, url)
+    assert r.returncode == 1 and "(rollback or mix-and-match)" in r.stderr, r.stderr
+    assert detects(tmp_path, b"feed signature two") == []
+
+
+def test_frozen_feed(tmp_path: Path, server: tuple[Path, str]) -> None:
+    www, url = server
+    feed = _first_update(tmp_path, www, url)
+    feed.publish(days={"timestamp": -1})  # a timestamp that expired yesterday
+    _refused(tmp_path, url, "has expired")
+
+
+def test_wrong_and_revoked_keys(tmp_path: Path, server: tuple[Path, str]) -> None:
+    www, url = server
+    feed = _first_update(tmp_path, www, url)
+    keys = www / "feed" / "keys"
+    shutil.copy(keys / "timestamp.pem", tmp_path / "old-timestamp.pem")
+    shutil.copy(keys / "targets.pem", keys / "timestamp.pem")  # signed with another role's key
+    feed.publish()
+    _refused(tmp_path, url, "not signed by the trusted keys")
+    shutil.copy(tmp_path / "old-timestamp.pem", keys / "timestamp.pem")
+    feed.rotate_key("timestamp")  # revokes the old timestamp key
+    assert update(tmp_path, url).returncode == 0  # the client follows the signed rotation
+    shutil.copy(tmp_path / "old-timestamp.pem", keys / "timestamp.pem")  # a thief with the revoked key
+    feed.publish()
+    r = update(tmp_path, url)
+    assert r.returncode == 1 and "not signed by the trusted keys" in r.stderr
+
+
+def test_mix_and_match_tampered_and_endless_targets(tmp_path: Path, server: tuple[Path, str]) -> None:
+    www, url = server
+    feed = _first_update(tmp_path, www, url)
+    meta = www / "feed" / "metadata"
+    feed.publish()
+    old_targets = (meta / "targets.json").read_bytes()
+    feed.publish()
+    new_targets = (meta / "targets.json").read_bytes()
+    (meta / "targets.json").write_bytes(old_targets)  # snapshot says version N, targets is N-1
+    _refused(tmp_path, url, "(rollback or mix-and-match)")
+    (meta / "targets.json").write_bytes(new_targets)
+    target = www / "feed" / "targets" / "two.ndb"
+    good = target.read_bytes()
+    target.write_bytes(good.replace(b"Two", b"Owt"))  # same length, other bytes
+    _refused(tmp_path, url, "does not match its signed length or hash")
+    target.write_bytes(good + b"\n" * 10_000_000)  # an endless download: stopped at the signed length
+    _refused(tmp_path, url, "length")
+    target.write_bytes(good)
+    assert update(tmp_path, url).returncode == 0
+
+
+def test_program_code_is_never_published_or_fetched(tmp_path: Path, server: tuple[Path, str]) -> None:
+    www, url = server
+    feed = _first_update(tmp_path, www, url)
+    with pytest.raises(FeedError, match="data only, never program code"):
+        feed.add([str(write(tmp_path / "installer.sh", "#!/bin/sh\nrm -rf /\n"))])
+    # a malicious publisher signs code anyway, listing it in the manifest
+    write(www / "feed" / "targets" / "update.py", "import os\n")
+    manifest = www / "feed" / "targets" / "bastion-feed.json"
+    original_is_data = __import__("bastion.feed.publisher", fromlist=["is_data"]).is_data
+    import bastion.feed.publisher as publisher
+
+    publisher.is_data = lambda name: True  # type: ignore[assignment]
+    try:
+        feed.publish()
+    finally:
+        publisher.is_data = original_is_data  # type: ignore[assignment]
+    assert "update.py" in manifest.read_text()
+    _refused(tmp_path, url, "update.py: not signature data")
+    assert not list((tmp_path / "cache").rglob("update.py"))  # never even downloaded
