@@ -77,7 +77,7 @@ def test_feed_updates_a_machine(tmp_path: Path, server: tuple[Path, str]) -> Non
     assert bastion(["feed", "add", str(www / "feed"), str(write(tmp_path / "one.ndb", SIG1))], tmp_path).returncode == 0
     assert bastion(["feed", "publish", str(www / "feed")], tmp_path).returncode == 0
     r = update(tmp_path, url, "--dry-run")
-    assert "would add one.ndb (1 signatures)" in r.stdout and detects(tmp_path, b"feed signature one") == []
+    assert "would add main--one.ndb (1 signatures)" in r.stdout and detects(tmp_path, b"feed signature one") == []
     r = update(tmp_path, url)
     assert r.returncode == 0 and "activated" in r.stdout, r.stderr
     assert detects(tmp_path, b"feed signature one") == ["Feed.Sig.One.UNOFFICIAL"]
@@ -90,7 +90,7 @@ def test_feed_updates_a_machine(tmp_path: Path, server: tuple[Path, str]) -> Non
     assert bastion(["db", "activate", version], tmp_path).returncode == 0
     assert detects(tmp_path, b"feed signature two") == ["Feed.Sig.Two.UNOFFICIAL"]
     log = [json.loads(x)["record"] for x in bastion(["db", "log", "--json"], tmp_path).stdout.splitlines()]
-    assert "bastion update" in log[0]["trigger"] and "one.ndb" in log[1]["inputs"]
+    assert "bastion update" in log[0]["trigger"] and "main--one.ndb" in log[1]["inputs"]
 
 
 def _refused(tmp: Path, url: str, reason: str) -> None:
@@ -190,3 +190,70 @@ def test_program_code_is_never_published_or_fetched(tmp_path: Path, server: tupl
     assert "update.py" in manifest.read_text()
     _refused(tmp_path, url, "update.py: not signature data")
     assert not list((tmp_path / "cache").rglob("update.py"))  # never even downloaded
+
+
+def test_sources_from_bastion_toml_policies_hash_lists_and_status(tmp_path: Path, server: tuple[Path, str]) -> None:
+    import hashlib
+    import os
+    import time
+
+    www, url = server
+    feed = make_feed(www)
+    feed.add([str(write(tmp_path / "one.ndb", SIG1))])
+    feed.publish()
+    sample = b"a sample listed in a hash export\n"
+    digest = hashlib.sha256(sample).hexdigest()
+    write(www / "bazaar.csv", f'"first_seen_utc","sha256_hash","md5_hash","signature"\n'
+                              f'"2026-11-01","{digest}","{"0" * 32}","AgentTesla"\n"2026-11-02","nothex","x","Y"\n')
+    write(tmp_path / "rules" / "mine.yar", 'rule Mine { strings: $a = "my own rule text" condition: $a }\n')
+    config = write(tmp_path / "bastion.toml", f"""[update]
+policy = "auto"
+silent_days = 7
+
+[[update.sources]]
+name = "community"
+kind = "feed"
+url = "{url}/feed"
+trust = "{www / 'feed/metadata/root.json'}"
+priority = 10
+
+[[update.sources]]
+name = "bazaar"
+kind = "hashlist"
+path = "{www / 'bazaar.csv'}"
+policy = "manual"
+
+[[update.sources]]
+name = "rules"
+kind = "folder"
+path = "{tmp_path / 'rules'}"
+
+[[update.sources]]
+name = "gone"
+kind = "feed"
+url = "http://127.0.0.1:9/nothing"
+trust = "{www / 'feed/metadata/root.json'}"
+""")
+    r = bastion(["update", "--config", str(config)], tmp_path)
+    assert r.returncode == 1 and "gone:" in r.stderr  # one source failing never blocks the others
+    assert "bazaar: 1 hashes (1 lines skipped)" in r.stdout
+    assert "staged only (policy manual)" in r.stdout  # bazaar changed and is manual: the strictest wins
+    version = r.stdout.split("bastion db activate ")[1].split()[0]
+    assert bastion(["db", "activate", version], tmp_path).returncode == 0
+    assert detects(tmp_path, sample) == ["HashList.bazaar.AgentTesla.1.UNOFFICIAL"]  # row 1 of the export
+    assert detects(tmp_path, b"feed signature one") == ["Feed.Sig.One.UNOFFICIAL"]
+    assert detects(tmp_path, b"it is my own rule text") == ["YARA.Mine.UNOFFICIAL"]
+    # only the auto feed changes next: activated by itself
+    feed.add([str(write(tmp_path / "two.ndb", SIG2))])
+    feed.publish()
+    r = bastion(["update", "--config", str(config)], tmp_path)
+    assert "activated" in r.stdout, r.stdout
+    assert detects(tmp_path, b"feed signature two") == ["Feed.Sig.Two.UNOFFICIAL"]
+    # status: the failing source is named, and a source silent for too long is reported
+    state = tmp_path / "cache" / "store" / "sources" / "bazaar.json"
+    doc = json.loads(state.read_text())
+    doc["last_success"] = time.time() - 10 * 86400
+    state.write_text(json.dumps(doc))
+    r = bastion(["status", "--config", str(config)], tmp_path)
+    assert r.returncode == 1 and "bazaar: silent for 10.0d" in r.stderr and "gone: never updated" in r.stderr
+    assert "community: last success" in r.stdout and os.path.exists(state)

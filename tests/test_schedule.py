@@ -86,9 +86,10 @@ def test_quick_and_full_targets() -> None:
 
 def test_systemd_timer_units() -> None:
     analyze = shutil.which("systemd-analyze")
-    units = [REPO / "packaging" / "systemd" / n for n in ("bastion-schedule.service", "bastion-schedule.timer")]
+    units = [REPO / "packaging" / "systemd" / n for n in ("bastion-schedule.service", "bastion-schedule.timer",
+                                                           "bastion-update.service", "bastion-update.timer")]
     assert "OnCalendar=minutely" in units[1].read_text() and "schedule run-due" in units[0].read_text()
     if analyze is None:
         pytest.skip("systemd-analyze is not installed")
     r = subprocess.run([analyze, "verify", "--man=no", *map(str, units)], capture_output=True, text=True, timeout=60)
-    assert not [x for x in r.stderr.splitlines() if "bastion-schedule" in x and "executable" not in x.lower()]
+    assert not [x for x in r.stderr.splitlines() if "bastion-" in x and "executable" not in x.lower()]

@@ -80,6 +80,12 @@ def _update(argv: list[str]) -> int:
     return update.run(argv)
 
 
+def _status(argv: list[str]) -> int:
+    from bastion.cli import status
+
+    return status.run(argv)
+
+
 def _events(argv: list[str]) -> int:
     from bastion.cli import events
 
@@ -119,6 +125,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "db": (_db, "database versions: stage, activate, list, rollback, log, verify-log"),
     "update": (_update, "update the database from signed feeds (TUF), stage, self-test, activate by policy"),
     "feed": (_feed, "run your own signed signature feed (init, add, publish, rotate-key)"),
+    "status": (_status, "the active database, its age, and each update source's health"),
     "events": (_events, "show the event log: detections, actions, errors, database changes"),
     "daemon": (_daemon, "run the clamd-compatible daemon (reads clamd.conf: -c FILE)"),
     "api": (_api, "serve the REST API (scan uploads, version, health, database, Prometheus metrics)"),

@@ -1,37 +1,48 @@
-"""``bastion update``: fetch signed feeds, stage one new database version from them, and activate it
-as the policy says.
+"""``bastion update``: fetch every source, stage one new database version from them, and activate it
+as the sources' policies say.
 
-    bastion update --feed NAME=URL [--trust NAME=ROOT.json] [--local DIR] [--policy auto|notify|manual]
-                   [--dry-run]
+    bastion update [--config bastion.toml] [--feed NAME=URL] [--trust NAME=ROOT.json] [--local DIR]
+                   [--policy auto|notify|manual] [--dry-run]
 
-Every feed is checked as TUF specifies (client.py); one that fails is named with its reason and
-left out, and the others still update.  The new version holds every verified feed's files (and any
-``--local`` folder of your own signatures), is compiled and self-tested beside the active one
-(``bastion db``), and then: ``auto`` activates it, ``notify`` stages it and says so (an event),
-``manual`` stages it for ``bastion db activate``.  ``--dry-run`` fetches and verifies, shows what
-would change per file, and stages nothing.  Updates are data only: nothing here downloads,
-installs, removes or runs program code.
+Sources come from ``[[update.sources]]`` in ``bastion.toml`` (feed/sources.py) and from the command
+line.  Every feed is checked as TUF specifies (feed/client.py); a source that fails is named with
+its reason and left out, and the others still update.  Each source's files are staged as
+``<source>--<file>``; the new version is compiled and self-tested beside the active one
+(``bastion db``), and then the strictest policy among the sources that changed decides: ``auto``
+activates it, ``notify`` stages it and records an event, ``manual`` stages it for
+``bastion db activate``.  ``--dry-run`` fetches and verifies, shows what would change per source
+and file, and stages nothing.  Updates are data only: nothing here downloads, installs, removes or
+runs program code.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 
 from bastion import events
 from bastion.cli.common import parse_command_line
 from bastion.dbstore.store import DatabaseStore, StoreError
 from bastion.feed.client import FeedError, fetch
+from bastion.feed.sources import STRICTNESS, Source, SourceError, SourceState, hashlist_to_hsb, load_config
+from bastion.signatures.loader import file_digest
+
+DEFAULT_CONFIG = "/etc/bastion/bastion.toml"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bastion update", description="Update the database from signed feeds.")
+    p = argparse.ArgumentParser(prog="bastion update", description="Update the database from its sources.")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help=f"bastion.toml with [[update.sources]] (default {DEFAULT_CONFIG} if it exists)")
     p.add_argument("--feed", action="append", default=[], metavar="NAME=URL", help="a Bastion feed (repeatable)")
     p.add_argument("--trust", action="append", default=[], metavar="NAME=ROOT.json",
                    help="the feed's root.json, the first time (then kept and rotated by the feed)")
     p.add_argument("--local", action="append", default=[], metavar="DIR", help="your own signature folder")
-    p.add_argument("--policy", choices=["auto", "notify", "manual"], default="auto")
+    p.add_argument("--policy", choices=["auto", "notify", "manual"], default=None,
+                   help="policy for sources named on the command line (default: the config's, else auto)")
     p.add_argument("--dry-run", action="store_true", help="fetch and verify, show what would change, stage nothing")
     p.add_argument("--store", default=None, metavar="DIR")
     return p
@@ -47,72 +58,139 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
     return out
 
 
+def _sources(args: argparse.Namespace) -> tuple[list[Source], float]:
+    path = args.config or (DEFAULT_CONFIG if os.path.isfile(DEFAULT_CONFIG) else None)
+    configured = load_config(path) if path else None
+    policy = args.policy or (configured.policy if configured else "auto")
+    sources = list(configured.sources) if configured else []
+    trust = _pairs(args.trust, "--trust")
+    for name, url in _pairs(args.feed, "--feed").items():
+        sources.append(Source(name, "feed", url=url, trust=trust.get(name, ""), policy=policy))
+    for folder in args.local:
+        sources.append(Source(os.path.basename(os.path.abspath(folder)) or "local", "folder", path=folder,
+                              policy=policy))
+    return sources, configured.silent_days if configured else 7.0
+
+
+def _gather(src: Source, store: DatabaseStore, into: str) -> str:
+    """Put one source's verified files into ``into`` as <source>--<file>; returns a one-line summary."""
+    if src.kind == "feed":
+        got = fetch(src.name, src.url, store.root, src.trust or None)
+        folder, summary = got.directory, f"verified targets version {got.targets_version}"
+    elif src.kind == "folder":
+        folder, summary = src.path, "folder"
+        if not os.path.isdir(folder):
+            raise SourceError(f"{folder}: no such folder")
+    else:
+        with open(src.path, encoding="utf-8", errors="replace") as fh:
+            text, taken, skipped = hashlist_to_hsb(fh.read(), src.name)
+        if not taken:
+            raise SourceError(f"{src.path}: no hash in it")
+        folder = tempfile.mkdtemp(prefix=".hashlist-", dir=into)
+        with open(os.path.join(folder, "hashes.hsb"), "w", encoding="ascii") as out:
+            out.write(text)
+        summary = f"{taken} hashes ({skipped} lines skipped)"
+    count = 0
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path) and not name.startswith("."):
+            shutil.copyfile(path, os.path.join(into, f"{src.name}--{name}"))
+            count += 1
+    if src.kind == "hashlist":
+        shutil.rmtree(folder, ignore_errors=True)
+    return f"{summary}, {count} files"
+
+
 def run(argv: list[str] | None = None) -> int:
     args = parse_command_line(build_parser(), argv)
     if isinstance(args, int):
         return args
     try:
-        feeds, trust = _pairs(args.feed, "--feed"), _pairs(args.trust, "--trust")
-    except ValueError as exc:
+        sources, _silent = _sources(args)
+    except (ValueError, OSError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
-    store = DatabaseStore(args.store)
-    sources: list[str] = []
-    failed = 0
-    for name, url in feeds.items():
-        try:
-            got = fetch(name, url, store.root, trust.get(name))
-        except FeedError as exc:
-            failed += 1
-            sys.stderr.write(f"error: {exc}\n")
-            events.record("database-reload", str(exc), outcome="failure", process="bastion update", feed=name)
-            continue
-        print(f"{name}: verified targets version {got.targets_version}, {len(got.files)} files")
-        sources.append(got.directory)
-    sources += [d for d in args.local if os.path.isdir(d)]
     if not sources:
+        sys.stderr.write("error: no sources: give --feed/--local or [[update.sources]] in bastion.toml\n")
+        return 2
+    store = DatabaseStore(args.store)
+    state = SourceState(store.root)
+    combined = tempfile.mkdtemp(prefix=".update-", dir=store.root)
+    try:
+        return _update(args, store, state, sources, combined)
+    finally:
+        shutil.rmtree(combined, ignore_errors=True)
+
+
+def _update(args: argparse.Namespace, store: DatabaseStore, state: SourceState, sources: list[Source],
+            combined: str) -> int:
+    failed = 0
+    for src in sources:
+        try:
+            summary = _gather(src, store, combined)
+        except (FeedError, SourceError, OSError) as exc:
+            failed += 1
+            state.record(src.name, False, str(exc))
+            sys.stderr.write(f"error: {src.name}: {exc}\n")
+            events.record("database-reload", f"source {src.name} refused: {exc}", outcome="failure",
+                          process="bastion update", source=src.name)
+            continue
+        state.record(src.name, True, summary)
+        print(f"{src.name}: {summary}")
+    if not os.listdir(combined):
         sys.stderr.write("error: no source could be read; the active database is unchanged\n")
         return 1
+    changed = _changes(store, combined, show=args.dry_run)
     if args.dry_run:
-        _show_changes(store, sources)
         return 1 if failed else 0
     try:
-        version = store.stage(sources)
+        version = store.stage([combined])
     except StoreError as exc:
         sys.stderr.write(f"error: {exc}; the active database is unchanged\n")
         return 1
     print(f"staged {version.id}: {version.signatures} signatures; self-test passed")
+    policies = [s.policy for s in sources if s.name in changed] or ["auto"]
+    policy = max(policies, key=STRICTNESS.__getitem__)
     if version.id == store.active_id():
         print("no change: this version is already active")
-    elif args.policy == "auto":
-        record = store.activate(version.id, trigger=f"bastion update (policy auto; feeds {', '.join(feeds)})")
+    elif policy == "auto":
+        names = ", ".join(sorted(changed)) or "none"
+        record = store.activate(version.id, trigger=f"bastion update (policy auto; changed: {names})")
         print(f"activated {version.id} (previous {record['previous']})")
     else:
         events.record("database-reload", f"version {version.id} staged, waiting for `bastion db activate`",
-                      process="bastion update", version=version.id, policy=args.policy)
-        print(f"staged only (policy {args.policy}): bastion db activate {version.id}")
+                      process="bastion update", version=version.id, policy=policy)
+        print(f"staged only (policy {policy}): bastion db activate {version.id}")
     return 1 if failed else 0
 
 
-def _show_changes(store: DatabaseStore, sources: list[str]) -> None:
-    from bastion.signatures.loader import file_digest
-
+def _changes(store: DatabaseStore, combined: str, show: bool) -> set[str]:
+    """The sources whose files differ from the active version (and, with ``show``, what changes)."""
     active = store.active_id()
-    current = {}
+    current: dict[str, str] = {}
     if active:
         folder = store.sources_dir(active)
-        current = {n: file_digest(os.path.join(folder, n)) for n in os.listdir(folder)}
-    for src in sources:
-        for n in sorted(os.listdir(src)):
-            path = os.path.join(src, n)
-            lines = sum(1 for line in open(path, "rb") if line.strip() and not line.startswith(b"#"))  # noqa: SIM115
-            if n not in current:
-                print(f"would add {n} ({lines} signatures)")
-            elif current[n] != file_digest(path):
-                print(f"would change {n} (now {lines} signatures)")
-            else:
-                print(f"unchanged {n}")
-    names = {n for src in sources for n in os.listdir(src)}
-    for n in sorted(set(current) - names):
-        if not n.startswith("bastion-builtin-"):
-            print(f"would remove {n}")
+        current = {n: file_digest(os.path.join(folder, n)) for n in os.listdir(folder) if "--" in n}
+    new = {n: file_digest(os.path.join(combined, n)) for n in os.listdir(combined)}
+    changed: set[str] = set()
+    for name in sorted(set(new) | set(current)):
+        source = name.split("--", 1)[0]
+        if name not in current:
+            what = "add"
+        elif name not in new:
+            what = "remove"
+        elif current[name] != new[name]:
+            what = "change"
+        else:
+            continue
+        changed.add(source)
+        if show:
+            lines = ""
+            if name in new:
+                with open(os.path.join(combined, name), "rb") as fh:
+                    count = sum(1 for line in fh if line.strip() and not line.startswith(b"#"))
+                lines = f" ({count} signatures)"
+            print(f"would {what} {name}{lines}")
+    if show and not changed:
+        print("no change")
+    return changed
