@@ -127,30 +127,29 @@ class Feed:
             name: TargetFile.from_file(name, os.path.join(self.targets_dir, name), ["sha256"])
             for name in [*files, MANIFEST]
         }
-        targets.signatures.clear()
-        targets.sign(signers["targets"])
-        self._write("targets.json", targets)
-        if os.path.exists(os.path.join(self.meta_dir, "snapshot.json")):
-            snapshot = self._load("snapshot.json")
-            snapshot.signed.version += 1
-        else:
-            snapshot = Metadata(Snapshot())
-        snapshot.signed.expires = _expiry("snapshot", days)
+        self._sign_and_write("targets", targets, signers)
+        snapshot = self._next("snapshot", Snapshot, days)
         snapshot.signed.meta["targets.json"] = MetaFile(version=targets.signed.version)
-        snapshot.signatures.clear()
-        snapshot.sign(signers["snapshot"])
-        self._write("snapshot.json", snapshot)
-        if os.path.exists(os.path.join(self.meta_dir, "timestamp.json")):
-            timestamp = self._load("timestamp.json")
-            timestamp.signed.version += 1
-        else:
-            timestamp = Metadata(Timestamp())
-        timestamp.signed.expires = _expiry("timestamp", days)
+        self._sign_and_write("snapshot", snapshot, signers)
+        timestamp = self._next("timestamp", Timestamp, days)
         timestamp.signed.snapshot_meta = MetaFile(version=snapshot.signed.version)
-        timestamp.signatures.clear()
-        timestamp.sign(signers["timestamp"])
-        self._write("timestamp.json", timestamp)
+        self._sign_and_write("timestamp", timestamp, signers)
         return targets.signed.version
+
+    def _next(self, role: str, kind: type, days: dict[str, float] | None) -> Metadata:
+        """The role's metadata with its version raised (or its first version) and a fresh expiry."""
+        if os.path.exists(os.path.join(self.meta_dir, f"{role}.json")):
+            md = self._load(f"{role}.json")
+            md.signed.version += 1
+        else:
+            md = Metadata(kind())
+        md.signed.expires = _expiry(role, days)
+        return md
+
+    def _sign_and_write(self, role: str, md: Metadata, signers: dict[str, CryptoSigner]) -> None:
+        md.signatures.clear()
+        md.sign(signers[role])
+        self._write(f"{role}.json", md)
 
     def rotate_key(self, role: str) -> None:
         """Replace a role's key (revoking the old one): a new root version signed by the old and new
