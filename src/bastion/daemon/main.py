@@ -31,7 +31,7 @@ def run(argv: list[str] | None = None) -> int:
         print(f"ClamAV {CLAMAV_COMPAT_VERSION} (Bastion {__version__})")
         return 0
     from bastion.daemon.config import ConfigError, load_config
-    from bastion.daemon.server import run_daemon
+    from bastion.daemon.service import run_daemon
 
     try:
         cfg = load_config(args.config_file)
