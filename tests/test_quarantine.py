@@ -264,3 +264,27 @@ def test_scan_errors_are_events(tmp_path: Path) -> None:
     evs = [json.loads(line) for line in listed.splitlines()]
     assert [e["event"]["action"] for e in evs] == ["scan-error"] and evs[0]["event"]["type"] == ["error"]
     assert evs[0]["file"]["path"].endswith("no-such-file")
+
+
+def test_events_go_to_syslog_when_asked(tmp_path: Path) -> None:
+    import socket
+
+    if os.path.exists("/dev/log"):
+        pytest.skip("a syslog daemon owns /dev/log here: its messages cannot be read back by the test")
+    if os.geteuid() != 0:
+        pytest.skip("binding /dev/log needs root")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind("/dev/log")  # stands in for the syslog daemon
+    listener.settimeout(10)
+    try:
+        victim = write(tmp_path / "eicar.com", EICAR)
+        env = bastion_env(tmp_path / "cache")
+        env["BASTION_EVENTS_SYSLOG"] = "1"
+        subprocess.run([sys.executable, "-m", "bastion.cli.main", "scan", str(victim)], env=env, capture_output=True,
+                       timeout=120)
+        message = listener.recv(65536).decode()
+    finally:
+        listener.close()
+        os.unlink("/dev/log")
+    assert "bastion[" in message and f"detection: {victim}: Bastion.Test.EICAR" in message
+    assert message.startswith("<28>")  # facility daemon (3 << 3) | warning (4): an alert
