@@ -82,9 +82,13 @@ class Database:
 
     @classmethod
     def compile(cls, sigset: SignatureSet, version: str) -> Database:
+        """Compile a parsed signature set.  Its hash columns are consumed (emptied once their tables
+        are built), so that they are not held while Hyperscan compiles: the peak of a compile is
+        what a daemon's reload costs."""
         tables = {
             key: HashTable.build(cols, key[0].digest_size) for key, cols in sigset.hashes.items() if len(cols)
         }
+        sigset.hashes.clear()
         return cls(
             version=version,
             sources=[SourceInfo(s.path, s.sha256, s.official) for s in sigset.sources],

@@ -86,21 +86,25 @@ class HashTable:
 
     @classmethod
     def build(cls, cols: HashColumns, width: int) -> HashTable:
-        digests = cols.digests
-        order = sorted(range(len(digests)), key=digests.__getitem__)
+        order = sorted(range(len(cols)), key=cols.digest)
         sizes = array("q", [cols.sizes[i] for i in order])
-        encoded = [cols.names[i].encode("utf-8") for i in order]
+        names = bytearray()
         offsets = array("Q", [0])
-        offsets.extend(accumulate(map(len, encoded)))
+        for i in order:
+            names += cols.name_bytes(i)
+            offsets.append(len(names))
         distinct = set(sizes)
         small = bytearray(SMALL_SIZE_LIMIT // 8)
         for size in distinct:
             if 0 <= size < SMALL_SIZE_LIMIT:
                 small[size >> 3] |= 1 << (size & 7)
-        sorted_digests = [digests[i] for i in order]
+        blob = cols.digest_blob
+        sorted_digests = bytearray()
         prefix = array("I", bytes(4 * 65537))
-        for digest in sorted_digests:
-            prefix[((digest[0] << 8) | digest[1]) + 1] += 1
+        for i in order:
+            at = i * width
+            sorted_digests += blob[at:at + width]
+            prefix[((blob[at] << 8) | blob[at + 1]) + 1] += 1
         prefix = array("I", accumulate(prefix))
         columns: dict[str, _InMemory | array] = {
             "sizes": _InMemory(sizes),
@@ -111,7 +115,7 @@ class HashTable:
             "prefix": prefix,
             "small_sizes": array("B", small),
         }
-        return cls(width, _InMemory(b"".join(sorted_digests), width), columns, _InMemoryBlob(b"".join(encoded)))
+        return cls(width, _InMemory(bytes(sorted_digests), width), columns, _InMemoryBlob(bytes(names)))
 
     def save(self, directory: str, stem: str) -> None:
         def write(name: str, data: bytes) -> None:

@@ -76,8 +76,4 @@ def parse_hash_db(path: str, data: bytes, sigset: SignatureSet, source_index: in
         cols = columns.get(kind)
         if cols is None:
             cols = columns[kind] = sigset.hash_columns(kind, purpose)
-        cols.digests.append(digest)
-        cols.sizes.append(size)
-        cols.names.append(name + suffix)
-        cols.source_index.append(source_index)
-        cols.lines.append(number)
+        cols.append(digest, size, name + suffix, source_index, number)
