@@ -160,3 +160,14 @@ def test_daemon_picks_up_an_activation_and_only_loads_it(tmp_path: Path) -> None
     finally:
         daemon.terminate()
         daemon.wait(timeout=30)
+
+
+def test_the_same_inputs_compile_to_the_same_digest_anywhere(tmp_path: Path) -> None:
+    feed = write(tmp_path / "feed" / "a.ndb", SIG1)
+    digests = []
+    for where in ("one", "two/deeper"):  # two stores and two caches, at different paths
+        env = {"BASTION_DB_STORE": str(tmp_path / where / "store"), "BASTION_CACHE_DIR": str(tmp_path / where / "c")}
+        assert db(["stage", str(feed.parent)], tmp_path, **env).returncode == 0
+        listed = json.loads(db(["list", "--json"], tmp_path, **env).stdout)
+        digests.append((listed["id"], listed["inputs_digest"], listed["compiled_digest"]))
+    assert digests[0] == digests[1] and len(digests[0][2]) == 64

@@ -263,6 +263,20 @@ class DigestMemo:
             pass  # a read-only cache only costs speed
 
 
+def compiled_digest(directory: str) -> str:
+    """SHA-256 over the compiled database's files (names and contents), its manifest left out: the
+    manifest names the input paths, everything else depends only on the inputs and Bastion's version
+    (two compiles of the same inputs, in any folders, give the same digest on this machine; the
+    Hyperscan databases are tuned to the CPU that compiled them)."""
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(directory)):
+        if name == "manifest.json":
+            continue
+        with open(os.path.join(directory, name), "rb") as fh:
+            h.update(f"{name}\0{hashlib.sha256(fh.read()).hexdigest()}\n".encode())
+    return h.hexdigest()
+
+
 def is_cached(paths: list[str] | None, *, pua: bool = False) -> bool:
     """Whether the database for these paths is compiled already (so opening it only loads it)."""
     official = False

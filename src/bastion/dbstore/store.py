@@ -61,6 +61,7 @@ class Version:
     files: dict[str, str]        # name -> sha256
     signatures: int
     compiled_version: str        # the compiled database's cache key
+    compiled_digest: str = ""    # database.compiled.compiled_digest: the same inputs give the same
 
     @classmethod
     def load(cls, directory: str) -> Version:
@@ -196,7 +197,10 @@ class DatabaseStore:
             if result.detections:
                 raise StoreError(f"self-test failed: known-clean {path} is detected as {result.detections[0].name}")
         _fault("tested")
-        version = Version(version_id, digest, _now(), files, db.signature_count, db.version)
+        from bastion.database.compiled import compiled_digest
+
+        version = Version(version_id, digest, _now(), files, db.signature_count, db.version,
+                          compiled_digest(db.path) if db.path else "")
         write_file_atomically(os.path.join(self.versions_dir, version_id, "version.json"),
                               json.dumps(version.__dict__, indent=2, sort_keys=True).encode())
         return version
@@ -224,7 +228,8 @@ class DatabaseStore:
     def _record(self, action: str, version: Version, previous: str | None, trigger: str) -> dict[str, Any]:
         return {"time": _now(), "action": action, "version": version.id, "previous": previous,
                 "inputs_digest": version.inputs_digest, "inputs": version.files,
-                "compiled_database": version.compiled_version, "signatures": version.signatures,
+                "compiled_database": version.compiled_version, "compiled_digest": version.compiled_digest,
+                "signatures": version.signatures,
                 "trigger": trigger or f"{getpass.getuser()} (pid {os.getpid()})"}
 
     def rollback(self, version_id: str | None = None) -> dict[str, Any]:
