@@ -42,7 +42,6 @@ NOT_YET = {
 # reports its hash): the verdict agrees, the -z list is a subset until the unpacker exists.
 PARTIAL = {
     "clam-fsg.exe": "FSG-packed PE: clamscan unpacks it",
-    "clam.pdf": "PDF streams are not extracted yet",
     "clam_IScab_ext.exe": "InstallShield cabinets are not unpacked yet",
     "clam.tnef": "TNEF is not unpacked yet",
 }
