@@ -33,7 +33,6 @@ NOT_YET = {
     "clam.d64.zip": "zip's deflate64 method is not supported by libarchive",
     "clam.sis": "Symbian SIS is not unpacked yet",
     "clam.exe.html": "HTML-embedded objects are not extracted yet",
-    "clam.exe.rtf": "RTF embedded objects are not extracted yet",
     "clam_IScab_int.exe": "InstallShield cabinets are not unpacked yet",
     "clam_ISmsi_ext.exe": "MSI (OLE2) is not unpacked yet",
     "clam_ISmsi_int.exe": "MSI (OLE2) is not unpacked yet",

@@ -39,6 +39,7 @@ _CONTAINER_MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"xar!", "CL_TYPE_XAR"),
     (b"SZDD\x88\xf0\x27\x33", "CL_TYPE_MSSZDD"),
     (b"(This file must be converted with BinHex", "CL_TYPE_BINHEX"),
+    (b"{\\rtf", "CL_TYPE_RTF"),
 )
 
 # target type -> the ClamAV types a signature with that target may match (libclamav matcher.h)

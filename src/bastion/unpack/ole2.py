@@ -98,10 +98,11 @@ def vba_modules(dir_stream: bytes) -> list[tuple[str, str, int]]:
     return modules
 
 
-def ole10_native(data: bytes) -> bytes | None:
-    """The file inside an OLE1 "Package" (``Ole10Native`` stream), or None if it is not one."""
+def ole10_native(data: bytes, sized: bool = True) -> bytes | None:
+    """The file inside an OLE1 "Package" (``Ole10Native`` stream, which starts with its total size;
+    ``sized=False`` for the native data of an RTF object, which does not), or None if it is not one."""
     try:
-        pos = 4 + 2                                   # total size, flags
+        pos = (4 if sized else 0) + 2                 # total size, flags
         pos = data.index(b"\0", pos) + 1              # label
         pos = data.index(b"\0", pos) + 1              # original path
         pos += 4                                      # two reserved words
