@@ -32,7 +32,6 @@ NOT_YET = {
     "clam.impl.zip": "zip's implode method is not supported by libarchive",
     "clam.d64.zip": "zip's deflate64 method is not supported by libarchive",
     "clam.sis": "Symbian SIS is not unpacked yet",
-    "clam.exe.html": "HTML-embedded objects are not extracted yet",
     "clam_IScab_int.exe": "InstallShield cabinets are not unpacked yet",
     "clam_ISmsi_ext.exe": "MSI (OLE2) is not unpacked yet",
     "clam_ISmsi_int.exe": "MSI (OLE2) is not unpacked yet",
@@ -42,7 +41,6 @@ NOT_YET = {
 PARTIAL = {
     "clam-fsg.exe": "FSG-packed PE: clamscan unpacks it",
     "clam_IScab_ext.exe": "InstallShield cabinets are not unpacked yet",
-    "clam.tnef": "TNEF is not unpacked yet",
 }
 FILES = sorted(p.name for p in TESTFILES.iterdir() if p.is_file())
 

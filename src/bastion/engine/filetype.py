@@ -40,6 +40,7 @@ _CONTAINER_MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"SZDD\x88\xf0\x27\x33", "CL_TYPE_MSSZDD"),
     (b"(This file must be converted with BinHex", "CL_TYPE_BINHEX"),
     (b"{\\rtf", "CL_TYPE_RTF"),
+    (b"\x78\x9f\x3e\x22", "CL_TYPE_TNEF"),
 )
 
 # target type -> the ClamAV types a signature with that target may match (libclamav matcher.h)
