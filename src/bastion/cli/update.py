@@ -26,6 +26,7 @@ import tempfile
 from bastion import events
 from bastion.cli.common import parse_command_line
 from bastion.dbstore.store import DatabaseStore, StoreError
+from bastion.feed.clamav_mirror import MirrorError
 from bastion.feed.client import FeedError, fetch
 from bastion.feed.sources import STRICTNESS, Source, SourceError, SourceState, hashlist_to_hsb, load_config
 from bastion.signatures.loader import file_digest
@@ -72,8 +73,9 @@ def _sources(args: argparse.Namespace) -> tuple[list[Source], float]:
     return sources, configured.silent_days if configured else 7.0
 
 
-def _gather(src: Source, store: DatabaseStore, into: str) -> str:
-    """Put one source's verified files into ``into`` as <source>--<file>; returns a one-line summary."""
+def _gather(src: Source, store: DatabaseStore, into: str, owner: dict[str, str]) -> str:
+    """Put one source's verified files into ``into`` as <source>--<file> (ClamAV containers keep
+    their own names, which their signatures cover); returns a one-line summary."""
     if src.kind == "feed":
         got = fetch(src.name, src.url, store.root, src.trust or None)
         folder, summary = got.directory, f"verified targets version {got.targets_version}"
@@ -81,6 +83,16 @@ def _gather(src: Source, store: DatabaseStore, into: str) -> str:
         folder, summary = src.path, "folder"
         if not os.path.isdir(folder):
             raise SourceError(f"{folder}: no such folder")
+    elif src.kind == "clamav-mirror":
+        from bastion.feed.clamav_mirror import DEFAULT_DATABASES, fetch_mirror, mirrors_from_freshclam
+
+        folder = os.path.join(store.root, "feeds", src.name, "cvd")
+        os.makedirs(folder, exist_ok=True)
+        mirrors = [src.url] if src.url else mirrors_from_freshclam(src.freshclam)
+        known = SourceState(store.root).get(src.name).get("versions", {})
+        versions = fetch_mirror(mirrors, list(src.databases or DEFAULT_DATABASES), folder, known)
+        SourceState(store.root).remember(src.name, versions=versions)
+        summary = "verified " + ", ".join(f"{db} {v}" for db, v in versions.items())
     else:
         with open(src.path, encoding="utf-8", errors="replace") as fh:
             text, taken, skipped = hashlist_to_hsb(fh.read(), src.name)
@@ -94,7 +106,9 @@ def _gather(src: Source, store: DatabaseStore, into: str) -> str:
     for name in sorted(os.listdir(folder)):
         path = os.path.join(folder, name)
         if os.path.isfile(path) and not name.startswith("."):
-            shutil.copyfile(path, os.path.join(into, f"{src.name}--{name}"))
+            staged = name if src.kind == "clamav-mirror" else f"{src.name}--{name}"
+            shutil.copyfile(path, os.path.join(into, staged))
+            owner[staged] = src.name
             count += 1
     if src.kind == "hashlist":
         shutil.rmtree(folder, ignore_errors=True)
@@ -125,10 +139,11 @@ def run(argv: list[str] | None = None) -> int:
 def _update(args: argparse.Namespace, store: DatabaseStore, state: SourceState, sources: list[Source],
             combined: str) -> int:
     failed = 0
+    owner: dict[str, str] = {}
     for src in sources:
         try:
-            summary = _gather(src, store, combined)
-        except (FeedError, SourceError, OSError) as exc:
+            summary = _gather(src, store, combined, owner)
+        except (FeedError, SourceError, OSError, MirrorError) as exc:
             failed += 1
             state.record(src.name, False, str(exc))
             sys.stderr.write(f"error: {src.name}: {exc}\n")
@@ -140,7 +155,8 @@ def _update(args: argparse.Namespace, store: DatabaseStore, state: SourceState, 
     if not os.listdir(combined):
         sys.stderr.write("error: no source could be read; the active database is unchanged\n")
         return 1
-    changed = _changes(store, combined, show=args.dry_run)
+    mirrors = [s.name for s in sources if s.kind == "clamav-mirror"]
+    changed = _changes(store, combined, owner, mirrors, show=args.dry_run)
     if args.dry_run:
         return 1 if failed else 0
     try:
@@ -164,17 +180,20 @@ def _update(args: argparse.Namespace, store: DatabaseStore, state: SourceState, 
     return 1 if failed else 0
 
 
-def _changes(store: DatabaseStore, combined: str, show: bool) -> set[str]:
+def _changes(store: DatabaseStore, combined: str, owner: dict[str, str], mirrors: list[str],
+             show: bool) -> set[str]:
     """The sources whose files differ from the active version (and, with ``show``, what changes)."""
     active = store.active_id()
     current: dict[str, str] = {}
     if active:
         folder = store.sources_dir(active)
-        current = {n: file_digest(os.path.join(folder, n)) for n in os.listdir(folder) if "--" in n}
+        current = {n: file_digest(os.path.join(folder, n)) for n in os.listdir(folder)
+                   if not n.startswith("bastion-builtin-")}
     new = {n: file_digest(os.path.join(combined, n)) for n in os.listdir(combined)}
     changed: set[str] = set()
     for name in sorted(set(new) | set(current)):
-        source = name.split("--", 1)[0]
+        # a container without a source prefix came from a ClamAV mirror
+        source = owner.get(name) or (name.split("--", 1)[0] if "--" in name else ",".join(mirrors))
         if name not in current:
             what = "add"
         elif name not in new:
@@ -183,7 +202,7 @@ def _changes(store: DatabaseStore, combined: str, show: bool) -> set[str]:
             what = "change"
         else:
             continue
-        changed.add(source)
+        changed.update(source.split(","))
         if show:
             lines = ""
             if name in new:

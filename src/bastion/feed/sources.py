@@ -5,10 +5,12 @@
 ``[[update.sources]]`` table is one source::
 
     name = "community"          # unique; its files are staged as "<name>--<file>"
-    kind = "feed"               # feed | folder | hashlist
+    kind = "feed"               # feed | folder | hashlist | clamav-mirror
     url = "https://..."         # feed: the feed's address
     trust = "root.json"         # feed: its root.json, the first time
     path = "/srv/rules"         # folder: signature files or YARA rules; hashlist: the list file
+    freshclam = "/etc/clamav/freshclam.conf"   # clamav-mirror: its mirrors (or url = a mirror)
+    databases = ["main", "daily"]              # clamav-mirror: default main, daily, bytecode
     policy = "notify"           # this source's policy (default: [update] policy)
     priority = 10               # higher first in the staged version
 
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 
 from bastion.database.atomic import write_file_atomically
 
-KINDS = ("feed", "folder", "hashlist")
+KINDS = ("feed", "folder", "hashlist", "clamav-mirror")
 POLICIES = ("auto", "notify", "manual")
 STRICTNESS = {"auto": 0, "notify": 1, "manual": 2}
 _HEX = re.compile(r"^[0-9a-fA-F]{32}$|^[0-9a-fA-F]{40}$|^[0-9a-fA-F]{64}$")
@@ -51,6 +53,8 @@ class Source:
     path: str = ""
     policy: str = "auto"
     priority: int = 0
+    freshclam: str = ""                 # clamav-mirror: read its mirrors from this freshclam.conf
+    databases: list[str] | None = None  # clamav-mirror: default main, daily, bytecode
 
 
 @dataclass
@@ -71,7 +75,7 @@ def load_config(path: str) -> UpdateConfig:
     names = set()
     for i, raw in enumerate(update.get("sources", []), 1):
         where = f"{path}: [[update.sources]] #{i}"
-        unknown = set(raw) - {"name", "kind", "url", "trust", "path", "policy", "priority"}
+        unknown = set(raw) - {"name", "kind", "url", "trust", "path", "policy", "priority", "freshclam", "databases"}
         if unknown:
             raise SourceError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
         src = Source(**{"policy": policy, **raw})
@@ -83,7 +87,9 @@ def load_config(path: str) -> UpdateConfig:
             raise SourceError(f"{where}: policy must be one of {', '.join(POLICIES)}")
         if src.kind == "feed" and not src.url:
             raise SourceError(f"{where}: a feed needs url")
-        if src.kind != "feed" and not src.path:
+        if src.kind == "clamav-mirror" and not (src.url or src.freshclam):
+            raise SourceError(f"{where}: a clamav-mirror needs url or freshclam")
+        if src.kind in ("folder", "hashlist") and not src.path:
             raise SourceError(f"{where}: a {src.kind} needs path")
         names.add(src.name)
         sources.append(src)
@@ -135,6 +141,12 @@ class SourceState:
 
     def all(self) -> dict[str, dict]:
         return {n[:-5]: self.get(n[:-5]) for n in sorted(os.listdir(self.dir)) if n.endswith(".json")}
+
+    def remember(self, name: str, **facts: object) -> None:
+        """Keep facts about a source (a mirror's database versions) beside its state."""
+        state = self.get(name)
+        state.update(facts)
+        write_file_atomically(os.path.join(self.dir, f"{name}.json"), json.dumps(state, indent=2).encode())
 
     def record(self, name: str, ok: bool, detail: str) -> None:
         state = self.get(name)
