@@ -257,3 +257,19 @@ trust = "{www / 'feed/metadata/root.json'}"
     r = bastion(["status", "--config", str(config)], tmp_path)
     assert r.returncode == 1 and "bazaar: silent for 10.0d" in r.stderr and "gone: never updated" in r.stderr
     assert "community: last success" in r.stdout and os.path.exists(state)
+
+
+def test_thresholds_need_every_signature(tmp_path: Path, server: tuple[Path, str]) -> None:
+    www, url = server
+    assert bastion(["feed", "init", "--threshold", "2", str(www / "feed")], tmp_path).returncode == 0
+    root = json.loads((www / "feed" / "metadata" / "root.json").read_text())
+    assert {r: v["threshold"] for r, v in root["signed"]["roles"].items()} == dict.fromkeys(
+        ("root", "targets", "snapshot", "timestamp"), 2)
+    feed = Feed(str(www / "feed"))
+    feed.add([str(write(tmp_path / "one.ndb", SIG1))])
+    feed.publish()
+    assert update(tmp_path, url).returncode == 0
+    feed.add([str(write(tmp_path / "two.ndb", SIG2))])
+    (www / "feed" / "keys" / "targets.2.pem").unlink()  # one of the two targets keys is lost (or stolen alone)
+    feed.publish()
+    _refused(tmp_path, url, "not signed by the trusted keys")

@@ -19,7 +19,10 @@ from bastion.feed.publisher import ROLES, Feed, FeedError
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bastion feed", description="Publish a signed signature feed.")
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    sub.add_parser("init", help="create a feed").add_argument("dir")
+    init = sub.add_parser("init", help="create a feed")
+    init.add_argument("dir")
+    init.add_argument("--threshold", type=int, default=1, metavar="N",
+                      help="keys per role, all needed to sign (default 1)")
     add = sub.add_parser("add", help="add signature files")
     add.add_argument("dir")
     add.add_argument("files", nargs="+")
@@ -40,7 +43,7 @@ def run(argv: list[str] | None = None) -> int:
     feed = Feed(args.dir)
     try:
         if args.action == "init":
-            root = feed.init()
+            root = feed.init(threshold=args.threshold)
             print(f"feed created in {feed.dir}; clients trust {root} (give it to `bastion update --trust`)")
             print(f"serve {feed.dir} with any static web server; keep {feed.keys_dir} private")
         elif args.action == "add":

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from datetime import UTC, datetime, timedelta
 
@@ -59,10 +60,31 @@ class Feed:
         self.targets_dir = os.path.join(self.dir, "targets")
 
     # ------------------------------------------------------------------ keys
-    def _signer(self, role: str) -> CryptoSigner:
-        with open(os.path.join(self.keys_dir, f"{role}.pem"), "rb") as fh:
-            private = load_pem_private_key(fh.read(), password=None)
-        return CryptoSigner(private, SSlibKey.from_crypto(private.public_key()))
+    def _key_paths(self, role: str) -> list[str]:
+        """``<role>.pem``, then ``<role>.2.pem``, ``<role>.3.pem``... (one per signature the role needs)."""
+        names = [n for n in os.listdir(self.keys_dir) if n == f"{role}.pem" or re.fullmatch(rf"{role}\.\d+\.pem", n)]
+        return [os.path.join(self.keys_dir, n) for n in sorted(names, key=lambda n: (len(n), n))]
+
+    def _signers(self, role: str) -> list[CryptoSigner]:
+        out = []
+        for path in self._key_paths(role):
+            with open(path, "rb") as fh:
+                private = load_pem_private_key(fh.read(), password=None)
+            out.append(CryptoSigner(private, SSlibKey.from_crypto(private.public_key())))
+        return out
+
+    def _new_keys(self, role: str, count: int) -> list[CryptoSigner]:
+        for old in self._key_paths(role):
+            os.unlink(old)
+        signers = []
+        for i in range(count):
+            signer = CryptoSigner.generate_ed25519()
+            name = f"{role}.pem" if i == 0 else f"{role}.{i + 1}.pem"
+            fd = os.open(os.path.join(self.keys_dir, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(signer.private_bytes)
+            signers.append(signer)
+        return signers
 
     def _write(self, name: str, md: Metadata) -> None:
         write_file_atomically(os.path.join(self.meta_dir, name), md.to_bytes(JSONSerializer(compact=False)))
@@ -71,24 +93,24 @@ class Feed:
         return Metadata.from_file(os.path.join(self.meta_dir, name))
 
     # ------------------------------------------------------------------ actions
-    def init(self, days: dict[str, float] | None = None) -> str:
-        """Make the keys and the first signed metadata; returns root.json's path (give it to clients)."""
+    def init(self, days: dict[str, float] | None = None, threshold: int = 1) -> str:
+        """Make the keys (``threshold`` per role: that many signatures are needed) and the first
+        signed metadata; returns root.json's path (give it to clients)."""
         if os.path.exists(os.path.join(self.meta_dir, "root.json")):
             raise FeedError(f"{self.dir} is a feed already")
+        if threshold < 1:
+            raise FeedError("a threshold is at least 1")
         for d in (self.keys_dir, self.meta_dir, self.targets_dir):
             os.makedirs(d, exist_ok=True)
         os.chmod(self.keys_dir, 0o700)
-        signers = {}
-        for role in ROLES:
-            signer = CryptoSigner.generate_ed25519()
-            fd = os.open(os.path.join(self.keys_dir, f"{role}.pem"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(signer.private_bytes)
-            signers[role] = signer
+        signers = {role: self._new_keys(role, threshold) for role in ROLES}
         root = Metadata(Root(expires=_expiry("root", days), consistent_snapshot=False))
         for role in ROLES:
-            root.signed.add_key(signers[role].public_key, role)
-        root.sign(signers["root"])
+            for signer in signers[role]:
+                root.signed.add_key(signer.public_key, role)
+            root.signed.roles[role].threshold = threshold
+        for signer in signers["root"]:
+            root.sign(signer, append=True)
         self._write("1.root.json", root)
         self._write("root.json", root)
         write_file_atomically(os.path.join(self.targets_dir, MANIFEST), json.dumps({"files": []}).encode())
@@ -113,13 +135,14 @@ class Feed:
 
     def publish(self, days: dict[str, float] | None = None) -> int:
         """Sign the current files: new targets, snapshot and timestamp versions.  Returns the version."""
-        signers = {role: self._signer(role) for role in ("targets", "snapshot", "timestamp")}
+        signers = {role: self._signers(role) for role in ("targets", "snapshot", "timestamp")}
         targets = self._load("targets.json")
         targets.signed.version += 1
         targets.signed.expires = _expiry("targets", days)
         return self._publish(targets, days, signers)
 
-    def _publish(self, targets: Metadata, days: dict[str, float] | None, signers: dict[str, CryptoSigner]) -> int:
+    def _publish(self, targets: Metadata, days: dict[str, float] | None,
+                 signers: dict[str, list[CryptoSigner]]) -> int:
         files = sorted(n for n in os.listdir(self.targets_dir) if n != MANIFEST and is_data(n))
         write_file_atomically(os.path.join(self.targets_dir, MANIFEST),
                               json.dumps({"files": files}, indent=2).encode())
@@ -146,28 +169,26 @@ class Feed:
         md.signed.expires = _expiry(role, days)
         return md
 
-    def _sign_and_write(self, role: str, md: Metadata, signers: dict[str, CryptoSigner]) -> None:
+    def _sign_and_write(self, role: str, md: Metadata, signers: dict[str, list[CryptoSigner]]) -> None:
         md.signatures.clear()
-        md.sign(signers[role])
+        for signer in signers[role]:
+            md.sign(signer, append=True)
         self._write(f"{role}.json", md)
 
     def rotate_key(self, role: str) -> None:
-        """Replace a role's key (revoking the old one): a new root version signed by the old and new
-        root keys, then everything re-signed."""
+        """Replace a role's keys (revoking the old ones): a new root version signed by the old root
+        keys (and the new ones when root's are replaced), then everything re-signed."""
         root = self._load("root.json")
-        old_root_signer = self._signer("root")
-        new = CryptoSigner.generate_ed25519()
+        old_root_signers = self._signers("root")
         for keyid in list(root.signed.roles[role].keyids):
             root.signed.revoke_key(keyid, role)
-        root.signed.add_key(new.public_key, role)
+        new = self._new_keys(role, root.signed.roles[role].threshold)
+        for signer in new:
+            root.signed.add_key(signer.public_key, role)
         root.signed.version += 1
         root.signatures.clear()
-        path = os.path.join(self.keys_dir, f"{role}.pem")
-        write_file_atomically(path, new.private_bytes)
-        os.chmod(path, 0o600)
-        root.sign(old_root_signer, append=True)
-        if role == "root":
-            root.sign(new, append=True)
+        for signer in [*old_root_signers, *(new if role == "root" else [])]:
+            root.sign(signer, append=True)
         self._write(f"{root.signed.version}.root.json", root)
         self._write("root.json", root)
         self.publish()
