@@ -10,9 +10,12 @@ size cap, and is verified exactly as the loader verifies it (MD5 and ClamAV's RS
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 
 from bastion.signatures.cvd import HEADER_SIZE, ContainerError, open_container, read_header
 
@@ -48,10 +51,31 @@ def _get(url: str, head_only: bool = False, limit: int = MAX_CVD_BYTES) -> bytes
     with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - http(s) mirrors only
         if head_only:
             return response.read(HEADER_SIZE)
-        data = response.read(limit + 1)
+        total = int(response.headers.get("Content-Length") or 0) or None
+        data = bytearray()
+        with _progress(url.rsplit("/", 1)[-1], total) as advance:
+            while len(data) <= limit:
+                piece = response.read(1 << 20)
+                if not piece:
+                    break
+                data += piece
+                advance(len(piece))
     if len(data) > limit:
         raise MirrorError(f"{url}: larger than {limit} bytes")
-    return data
+    return bytes(data)
+
+
+@contextlib.contextmanager
+def _progress(label: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    """A download progress bar on a terminal (stderr); nothing otherwise."""
+    if not sys.stderr.isatty():
+        yield lambda n: None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    with Progress(TextColumn(label), BarColumn(), DownloadColumn(), TransferSpeedColumn(), transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.update(task, advance=n)
 
 
 def fetch_mirror(mirrors: list[str], databases: list[str], into: str, known: dict[str, int]) -> dict[str, int]:
