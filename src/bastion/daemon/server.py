@@ -208,8 +208,7 @@ class Daemon:
         self.cfg = cfg
         self.log = log
         self._paths = [cfg.database_directory] if cfg.database_directory else None
-        if not is_cached(self._paths, pua=cfg.detect_pua):
-            _compile_in_child(self._paths, cfg.detect_pua)
+        _ensure_compiled(self._paths, cfg.detect_pua)
         self.engine, self.allmatch_engine = self._engines(open_database(self._paths, pua=cfg.detect_pua))
         self.started = time.time()
         self._stop = threading.Event()
@@ -255,9 +254,7 @@ class Daemon:
 
         def work() -> None:
             try:
-                self._db_fingerprint = self._fingerprint()
-                if not is_cached(self._paths, pua=self.cfg.detect_pua):  # staged by `bastion db`: load only
-                    _compile_in_child(self._paths, self.cfg.detect_pua, RELOAD_NICE)
+                self.prepare_reload()
                 if self.cfg.concurrent_database_reload:
                     self.engine, self.allmatch_engine = self._engines(open_database(self._paths,
                                                                                     pua=self.cfg.detect_pua))
@@ -276,24 +273,41 @@ class Daemon:
         else:
             threading.Thread(target=work, name="bastion-reload", daemon=True).start()
 
-    def _reload_in_place(self) -> None:
-        """ConcurrentDatabaseReload no: drain the scans in flight, free the old database, load the new
-        one (already compiled, so this takes as long as reading it), and reopen; the old one is read
-        back from its cache directory if the new one fails to load."""
+    def prepare_reload(self) -> None:
+        """What every reload does first: note the database directory as it is now (SelfCheck), and
+        compile it in a child unless that was done already (`bastion db`): then the reload only loads."""
+        self._db_fingerprint = self._fingerprint()
+        _ensure_compiled(self._paths, self.cfg.detect_pua, RELOAD_NICE)
+
+    def database_changed(self) -> bool:
+        """SelfCheck: has the database directory changed since the last (re)load?"""
+        return self._fingerprint() != self._db_fingerprint
+
+    def replace_freed(self) -> Exception | None:
+        """Free the old database, then load the new one (already compiled, so this takes as long as
+        reading it), so that only one is ever in memory; if the new one fails to load, the old one is
+        read back from its cache directory.  Returns that failure, or None."""
         old_path = self.engine.db.path
+        self.engine = self.allmatch_engine = None  # type: ignore[assignment]
+        release_memory()
+        failure = None
+        try:
+            db = open_database(self._paths, pua=self.cfg.detect_pua)
+        except Exception as exc:
+            failure = exc
+            db = Database.load(old_path) if old_path else open_database(self._paths, pua=self.cfg.detect_pua)
+        self.engine, self.allmatch_engine = self._engines(db)
+        return failure
+
+    def _reload_in_place(self) -> None:
+        """ConcurrentDatabaseReload no: drain the scans in flight, then :meth:`replace_freed`."""
         self._gate.close_and_drain()
         try:
-            self.engine = self.allmatch_engine = None  # type: ignore[assignment]
-            release_memory()
-            try:
-                db = open_database(self._paths, pua=self.cfg.detect_pua)
-            except Exception:
-                db = Database.load(old_path) if old_path else open_database(self._paths, pua=self.cfg.detect_pua)
-                self.engine, self.allmatch_engine = self._engines(db)
-                raise
-            self.engine, self.allmatch_engine = self._engines(db)
+            failure = self.replace_freed()
         finally:
             self._gate.open()
+        if failure is not None:
+            raise failure
 
     def _fingerprint(self) -> tuple:
         """Names, sizes and modification times under the database directory: what SelfCheck compares."""
@@ -314,7 +328,7 @@ class Daemon:
     def _self_check(self) -> None:
         """clamd's SelfCheck: every so often, reload if the database directory changed."""
         while not self._stop.wait(self.cfg.self_check):
-            if self._fingerprint() != self._db_fingerprint:
+            if self.database_changed():
                 self.log("SelfCheck: Database modification detected. Forcing reload.")
                 self.reload(wait=True)
 
@@ -633,6 +647,12 @@ def _reload_event(db: Database, failure: Exception | None) -> None:
     else:
         events.record("database-reload", f"database reload failed, still serving {db.version[:12]}: {failure}",
                       outcome="failure", process="bastion daemon", db_version=db.version)
+
+
+def _ensure_compiled(paths: list[str] | None, pua: bool, nice: int = 0) -> None:
+    """Compile the database in a child process (:func:`_compile_in_child`) unless the cache holds it."""
+    if not is_cached(paths, pua=pua):
+        _compile_in_child(paths, pua, nice)
 
 
 def _compile_in_child(paths: list[str] | None, pua: bool, nice: int = 0) -> None:

@@ -23,8 +23,8 @@ import os
 import signal
 import time
 
-from bastion.daemon.server import RELOAD_NICE, Daemon, DaemonLog, _compile_in_child, _reload_event, release_memory
-from bastion.database.compiled import Database, is_cached, open_database
+from bastion.daemon.server import Daemon, DaemonLog, _reload_event, release_memory
+from bastion.database.compiled import open_database
 
 # a worker that dies sooner than this after its start is restarted only after this long (no fork storm)
 RESPAWN_BACKOFF = 1.0
@@ -106,9 +106,7 @@ class Supervisor:
     # ------------------------------------------------------------------ reload
     def reload(self) -> None:
         d = self.daemon
-        d._db_fingerprint = d._fingerprint()
-        if not is_cached(d._paths, pua=d.cfg.detect_pua):  # staged by `bastion db`: load only
-            _compile_in_child(d._paths, d.cfg.detect_pua, RELOAD_NICE)
+        d.prepare_reload()
         if d.cfg.concurrent_database_reload:
             try:
                 db = open_database(d._paths, pua=d.cfg.detect_pua)
@@ -121,23 +119,14 @@ class Supervisor:
             for _ in range(self.count):
                 self._spawn()
         else:
-            old_path = d.engine.db.path
             self._wait_for(self._retire_all(), d.cfg.read_timeout + STOP_GRACE)
-            d.engine = d.allmatch_engine = None  # type: ignore[assignment]
-            release_memory()
-            try:
-                db = open_database(d._paths, pua=d.cfg.detect_pua)
-            except Exception as exc:
-                self.log(f"Database reload failed, still serving the previous database: {exc}")
-                db = Database.load(old_path) if old_path else open_database(d._paths, pua=d.cfg.detect_pua)
-                d.engine, d.allmatch_engine = d._engines(db)
-                _reload_event(db, exc)
-                for _ in range(self.count):
-                    self._spawn()
-                return
-            d.engine, d.allmatch_engine = d._engines(db)
+            failure = d.replace_freed()
             for _ in range(self.count):
                 self._spawn()
+            if failure is not None:
+                self.log(f"Database reload failed, still serving the previous database: {failure}")
+                _reload_event(d.engine.db, failure)
+                return
         release_memory()
         self.log(f"Database correctly reloaded ({d.engine.db.signature_count} signatures)")
         _reload_event(d.engine.db, None)
@@ -163,7 +152,7 @@ class Supervisor:
                 check = self.daemon.cfg.self_check > 0 and bool(self.daemon.cfg.database_directory)
                 if check and time.monotonic() >= next_check:
                     next_check = time.monotonic() + self.daemon.cfg.self_check
-                    if self.daemon._fingerprint() != self.daemon._db_fingerprint:
+                    if self.daemon.database_changed():
                         self.log("SelfCheck: Database modification detected. Forcing reload.")
                         self._reload = True
                 if self._reload and not self._stop:
