@@ -13,8 +13,8 @@ Two modes, said at start-up (``Watcher.mode`` and ``Watcher.why``):
   kernel queue overflow triggers a rescan of the trees, so no write goes unscanned.
 
 Directories created later are watched too: inotify reports them and they are marked at once (in
-fanotify mode as well, as clamonacc's dynamic directory determination does; a rescan every half
-second is the safety net), and files that landed in them before the mark are scanned then.  The
+fanotify mode as well, as clamonacc's dynamic directory determination does; a rescan of the trees
+every ten seconds is the safety net), and files that landed in them before the mark are scanned then.  The
 fanotify queue is unlimited: a bounded one that overflows makes the kernel allow the opens it
 could not queue, silently.
 """
@@ -34,6 +34,10 @@ from dataclasses import dataclass, field
 
 from bastion.engine import Engine, ScanResult
 from bastion.watch import kernel
+
+# fanotify mode: how often the whole tree is walked for directories inotify did not report (each
+# walk reads every directory of the watched trees, so not often: inotify reports new ones at once)
+DIRECTORY_RESCAN_SECONDS = 10.0
 
 Report = Callable[[str, str, ScanResult | None], None]  # (what, path, result); what: see Watcher._report
 
@@ -255,7 +259,7 @@ class Watcher:
                             self.report("timeout", f"fd:{fd}", None)
 
         def rescan_dirs() -> None:  # the safety net for directories inotify did not tell about
-            while not self.stop.wait(0.5):
+            while not self.stop.wait(DIRECTORY_RESCAN_SECONDS):
                 mark_new_dirs()
 
         def follow_new_dirs() -> None:
