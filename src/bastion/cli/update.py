@@ -59,7 +59,7 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
     return out
 
 
-def _sources(args: argparse.Namespace) -> tuple[list[Source], float]:
+def _sources(args: argparse.Namespace) -> list[Source]:
     path = args.config or (DEFAULT_CONFIG if os.path.isfile(DEFAULT_CONFIG) else None)
     configured = load_config(path) if path else None
     policy = args.policy or (configured.policy if configured else "auto")
@@ -70,12 +70,22 @@ def _sources(args: argparse.Namespace) -> tuple[list[Source], float]:
     for folder in args.local:
         sources.append(Source(os.path.basename(os.path.abspath(folder)) or "local", "folder", path=folder,
                               policy=policy))
-    return sources, configured.silent_days if configured else 7.0
+    return sources
 
 
-def _gather(src: Source, store: DatabaseStore, into: str, owner: dict[str, str]) -> str:
+def _gather(src: Source, store: DatabaseStore, state: SourceState, into: str, owner: dict[str, str]) -> str:
     """Put one source's verified files into ``into`` as <source>--<file> (ClamAV containers keep
     their own names, which their signatures cover); returns a one-line summary."""
+    if src.kind == "hashlist":
+        with open(src.path, encoding="utf-8", errors="replace") as fh:
+            text, taken, skipped = hashlist_to_hsb(fh.read(), src.name)
+        if not taken:
+            raise SourceError(f"{src.path}: no hash in it")
+        staged = f"{src.name}--hashes.hsb"
+        with open(os.path.join(into, staged), "w", encoding="ascii") as out:
+            out.write(text)
+        owner[staged] = src.name
+        return f"{taken} hashes ({skipped} lines skipped), 1 files"
     if src.kind == "feed":
         got = fetch(src.name, src.url, store.root, src.trust or None)
         folder, summary = got.directory, f"verified targets version {got.targets_version}"
@@ -89,19 +99,10 @@ def _gather(src: Source, store: DatabaseStore, into: str, owner: dict[str, str])
         folder = os.path.join(store.root, "feeds", src.name, "cvd")
         os.makedirs(folder, exist_ok=True)
         mirrors = [src.url] if src.url else mirrors_from_freshclam(src.freshclam)
-        known = SourceState(store.root).get(src.name).get("versions", {})
+        known = state.get(src.name).get("versions", {})
         versions = fetch_mirror(mirrors, list(src.databases or DEFAULT_DATABASES), folder, known)
-        SourceState(store.root).remember(src.name, versions=versions)
+        state.remember(src.name, versions=versions)
         summary = "verified " + ", ".join(f"{db} {v}" for db, v in versions.items())
-    else:
-        with open(src.path, encoding="utf-8", errors="replace") as fh:
-            text, taken, skipped = hashlist_to_hsb(fh.read(), src.name)
-        if not taken:
-            raise SourceError(f"{src.path}: no hash in it")
-        folder = tempfile.mkdtemp(prefix=".hashlist-", dir=into)
-        with open(os.path.join(folder, "hashes.hsb"), "w", encoding="ascii") as out:
-            out.write(text)
-        summary = f"{taken} hashes ({skipped} lines skipped)"
     count = 0
     for name in sorted(os.listdir(folder)):
         path = os.path.join(folder, name)
@@ -110,8 +111,6 @@ def _gather(src: Source, store: DatabaseStore, into: str, owner: dict[str, str])
             shutil.copyfile(path, os.path.join(into, staged))
             owner[staged] = src.name
             count += 1
-    if src.kind == "hashlist":
-        shutil.rmtree(folder, ignore_errors=True)
     return f"{summary}, {count} files"
 
 
@@ -120,7 +119,7 @@ def run(argv: list[str] | None = None) -> int:
     if isinstance(args, int):
         return args
     try:
-        sources, _silent = _sources(args)
+        sources = _sources(args)
     except (ValueError, OSError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
@@ -142,7 +141,7 @@ def _update(args: argparse.Namespace, store: DatabaseStore, state: SourceState, 
     owner: dict[str, str] = {}
     for src in sources:
         try:
-            summary = _gather(src, store, combined, owner)
+            summary = _gather(src, store, state, combined, owner)
         except (FeedError, SourceError, OSError, MirrorError) as exc:
             failed += 1
             state.record(src.name, False, str(exc))
@@ -185,15 +184,17 @@ def _changes(store: DatabaseStore, combined: str, owner: dict[str, str], mirrors
     """The sources whose files differ from the active version (and, with ``show``, what changes)."""
     active = store.active_id()
     current: dict[str, str] = {}
-    if active:
-        folder = store.sources_dir(active)
-        current = {n: file_digest(os.path.join(folder, n)) for n in os.listdir(folder)
-                   if not n.startswith("bastion-builtin-")}
+    if active:  # the active version's files and their SHA-256, as its version.json recorded them
+        current = {n: d for n, d in store.version(active).files.items() if not n.startswith("bastion-builtin-")}
     new = {n: file_digest(os.path.join(combined, n)) for n in os.listdir(combined)}
     changed: set[str] = set()
     for name in sorted(set(new) | set(current)):
-        # a container without a source prefix came from a ClamAV mirror
-        source = owner.get(name) or (name.split("--", 1)[0] if "--" in name else ",".join(mirrors))
+        if name in owner:
+            sources = {owner[name]}
+        elif "--" in name:
+            sources = {name.split("--", 1)[0]}
+        else:  # a container without a source prefix came from a ClamAV mirror
+            sources = set(mirrors)
         if name not in current:
             what = "add"
         elif name not in new:
@@ -202,7 +203,7 @@ def _changes(store: DatabaseStore, combined: str, owner: dict[str, str], mirrors
             what = "change"
         else:
             continue
-        changed.update(source.split(","))
+        changed |= sources
         if show:
             lines = ""
             if name in new:

@@ -117,6 +117,9 @@ class DatabaseStore:
                 out.append(Version.load(d))
         return sorted(out, key=lambda v: (v.created, v.id))
 
+    def version(self, version_id: str) -> Version:
+        return Version.load(os.path.join(self.versions_dir, version_id))
+
     def sources_dir(self, version_id: str) -> str:
         return os.path.join(self.versions_dir, version_id, "sources")
 
