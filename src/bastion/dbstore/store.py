@@ -38,7 +38,6 @@ from typing import Any
 
 from bastion.database.atomic import fsync_dir, write_file_atomically
 from bastion.dbstore.tlog import TransparencyLog
-from bastion.signatures.loader import file_digest
 
 FAULT_ENV = "BASTION_FAULT_KILL_AT"
 STEPS = ("copied", "stored", "compiled", "tested", "switched")
@@ -90,6 +89,18 @@ def inputs_digest(files: dict[str, str]) -> str:
     h = hashlib.sha256()
     for name in sorted(files):
         h.update(f"{name}\0{files[name]}\n".encode())
+    return h.hexdigest()
+
+
+def _copy_hashing(src: str, dest: str) -> str:
+    """Copy a file (fsynced) and return the SHA-256 of what was written, in one pass."""
+    h = hashlib.sha256()
+    with open(src, "rb") as fh, open(dest, "wb") as out:
+        for piece in iter(lambda: fh.read(1 << 20), b""):
+            h.update(piece)
+            out.write(piece)
+        out.flush()
+        os.fsync(out.fileno())
     return h.hexdigest()
 
 
@@ -150,12 +161,7 @@ class DatabaseStore:
                     name = f"bastion-builtin-{name}"
                 if name in files:
                     raise StoreError(f"{path}: two sources are named {name}")
-                dest = os.path.join(target, name)
-                with open(path, "rb") as src_fh, open(dest, "wb") as out:
-                    shutil.copyfileobj(src_fh, out, 1 << 20)
-                    out.flush()
-                    os.fsync(out.fileno())
-                files[name] = file_digest(dest)
+                files[name] = _copy_hashing(path, os.path.join(target, name))
             fsync_dir(target)
             _fault("copied")
             digest = inputs_digest(files)
@@ -181,7 +187,7 @@ class DatabaseStore:
 
     def _compile_and_test(self, version_id: str, files: dict[str, str], digest: str,
                           clean_corpus: list[str]) -> Version:
-        from bastion.database.compiled import open_database
+        from bastion.database.compiled import compiled_digest, open_database
         from bastion.engine import Engine, ScanOptions
         from bastion.signatures.errors import SignatureError
 
@@ -200,8 +206,6 @@ class DatabaseStore:
             if result.detections:
                 raise StoreError(f"self-test failed: known-clean {path} is detected as {result.detections[0].name}")
         _fault("tested")
-        from bastion.database.compiled import compiled_digest
-
         version = Version(version_id, digest, _now(), files, db.signature_count, db.version,
                           compiled_digest(db.path) if db.path else "")
         write_file_atomically(os.path.join(self.versions_dir, version_id, "version.json"),
