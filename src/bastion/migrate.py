@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from bastion.database.atomic import write_file_atomically
+from bastion.signatures.hashdb import any_size_line, is_hash_hex, name_part
 
 # freshclam.conf options the updater will use: option -> (toml key, repeatable)
 FRESHCLAM_OPTIONS = {
@@ -177,12 +178,11 @@ def _loki_hashes(path: str, report: Report) -> list[str]:
     lines = []
     for number, raw in _content_lines(path):
         digest, _, comment = raw.strip().partition(";")
-        digest = digest.strip().lower()
-        if len(digest) not in (32, 40, 64) or not re.fullmatch(r"[0-9a-f]+", digest):
+        digest = digest.strip()
+        if not is_hash_hex(digest):
             report.skip(f"{path}:{number}", "not an MD5, SHA1 or SHA256 hash")
             continue
-        label = re.sub(r"[^A-Za-z0-9._-]+", "_", comment.strip())[:60].strip("_") or "hash"
-        lines.append(f"{digest}:*:Loki.HashIOC.{label}.L{number}:73\n")
+        lines.append(any_size_line(digest, f"Loki.HashIOC.{name_part(comment)}.L{number}"))
         report.add(f"{path}:{number}")
     return lines
 

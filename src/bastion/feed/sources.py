@@ -33,11 +33,11 @@ import tomllib
 from dataclasses import dataclass
 
 from bastion.database.atomic import write_file_atomically
+from bastion.signatures.hashdb import any_size_line, is_hash_hex, name_part
 
 KINDS = ("feed", "folder", "hashlist", "clamav-mirror")
 POLICIES = ("auto", "notify", "manual")
 STRICTNESS = {"auto": 0, "notify": 1, "manual": 2}
-_HEX = re.compile(r"^[0-9a-fA-F]{32}$|^[0-9a-fA-F]{40}$|^[0-9a-fA-F]{64}$")
 
 
 class SourceError(ValueError):
@@ -100,7 +100,7 @@ def hashlist_to_hsb(text: str, source: str) -> tuple[str, int, int]:
     """A hash list export as ``.hsb`` lines (``hash:*:name:73``); returns (text, taken, skipped)."""
     lines, skipped = [], 0
     first = next((x for x in text.splitlines() if x.strip() and not x.startswith("#")), "")
-    is_csv = "," in first and not _HEX.match(first.split(",")[0].strip().strip('"'))  # a header row
+    is_csv = "," in first and not is_hash_hex(first.split(",")[0].strip().strip('"'))  # a header row
     if is_csv:
         reader = csv.DictReader(io.StringIO("\n".join(x for x in text.splitlines() if not x.startswith("#"))),
                                 skipinitialspace=True)
@@ -117,11 +117,11 @@ def hashlist_to_hsb(text: str, source: str) -> tuple[str, int, int]:
                  if line.strip() and not line.lstrip().startswith("#")))
     for n, (digest, label) in enumerate(rows, 1):
         digest = (digest or "").strip().strip('"')
-        if not _HEX.match(digest):
+        if not is_hash_hex(digest):
             skipped += 1
             continue
-        clean = re.sub(r"[^A-Za-z0-9._-]+", "_", (label or "").strip().strip('"'))[:60].strip("_") or "hash"
-        lines.append(f"{digest.lower()}:*:HashList.{source}.{clean}.{n}:73\n")
+        label = name_part((label or "").strip().strip('"'))
+        lines.append(any_size_line(digest, f"HashList.{source}.{label}.{n}"))
     return "".join(lines), len(lines), skipped
 
 

@@ -8,6 +8,8 @@ or ``*`` (any size, which ClamAV accepts only with minFL >= 73).
 
 from __future__ import annotations
 
+import re
+
 from bastion.signatures.errors import SignatureError
 from bastion.signatures.model import ANY_SIZE, HashKind, HashPurpose, SignatureSet
 from bastion.signatures.textdb import (
@@ -20,6 +22,22 @@ from bastion.signatures.textdb import (
 WILDCARD_SIZE_MIN_FLEVEL = 73
 _KIND_BY_HEX_LENGTH = {32: HashKind.MD5, 40: HashKind.SHA1, 64: HashKind.SHA256}
 
+
+
+def is_hash_hex(text: str) -> bool:
+    """An MD5, SHA1 or SHA256 digest written in hex."""
+    return len(text) in _KIND_BY_HEX_LENGTH and all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+def name_part(text: str) -> str:
+    """Free text (a malware family, a comment) made fit for a signature name: [A-Za-z0-9._-], at
+    most 60 characters, ``hash`` when nothing is left."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.strip())[:60].strip("_") or "hash"
+
+
+def any_size_line(hex_digest: str, name: str) -> str:
+    """A hash signature line for a file of any size (``*``, which needs functionality level 73)."""
+    return f"{hex_digest.lower()}:*:{name}:{WILDCARD_SIZE_MIN_FLEVEL}\n"
 
 def _lenient_flevel(text: str) -> int | None:
     """Hash databases read FL fields like C's atoi (clamscan 1.4.6): ``73x`` is 73, ``""`` is 0, and a
