@@ -27,9 +27,12 @@ import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bastion.paths import user_state
+
+if TYPE_CHECKING:
+    from bastion.engine.verdict import ScanResult
 
 EVENTS_FILE_ENV = "BASTION_EVENTS_FILE"
 SYSLOG_ENV = "BASTION_EVENTS_SYSLOG"
@@ -79,6 +82,7 @@ def make_event(action: str, message: str, *, outcome: str = "success", path: str
             event["file"]["size"] = size
     if rule:
         event["rule"] = {"name": rule, **({"ruleset": ruleset} if ruleset else {})}
+    extra = {k: v for k, v in extra.items() if v is not None}
     if extra:
         event["bastion"] = extra
     return event
@@ -111,6 +115,18 @@ def record(action: str, message: str, *, sync: bool = True, **fields: Any) -> di
         syslog.syslog(syslog.LOG_WARNING if event["event"]["kind"] == "alert" else syslog.LOG_INFO,
                       f"{action}: {message}")
     return event
+
+
+def record_detections(path: str, result: ScanResult, process: str, *, sync: bool = True, limit: int | None = None,
+                      **extra: Any) -> None:
+    """One ``detection`` event per signature that matched (the first ``limit``), with its evidence:
+    what every front end records when it finds something."""
+    for det in result.detections[:limit]:
+        ev = det.evidence
+        record("detection", f"{path}: {det.name}", sync=sync, path=path, sha256=result.sha256 or None,
+               size=result.size, rule=det.name, ruleset=f"{ev.source}:{ev.line}" if ev.source else None,
+               process=process, evidence=ev.kind, container_path=ev.container_path or None,
+               offsets=list(ev.offsets[:8]) or None, db_version=ev.db_version or None, **extra)
 
 
 def parse_since(text: str) -> datetime:

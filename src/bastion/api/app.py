@@ -97,10 +97,7 @@ def _result_json(result: ScanResult) -> dict[str, Any]:
 def _detection_events(result: ScanResult, name: str) -> None:
     from bastion import events
 
-    for det in result.detections:
-        events.record("detection", f"{name}: {det.name}", sync=False, path=name, size=result.size, rule=det.name,
-                      ruleset=f"{det.evidence.source}:{det.evidence.line}", process="bastion api",
-                      evidence=det.evidence.kind)
+    events.record_detections(name, result, "bastion api", sync=False)
 
 
 def create_app(engine: Engine, settings: ApiSettings | None = None) -> FastAPI:

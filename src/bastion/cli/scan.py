@@ -405,15 +405,6 @@ def run(argv: list[str] | None = None) -> int:
     return tally.exit_code()
 
 
-def _detection_event(path: str, res: ScanResult) -> None:
-    for det in res.detections:
-        ev = det.evidence
-        events.record("detection", f"{path}: {det.name}", path=path, sha256=res.sha256 or None, size=res.size,
-                      rule=det.name, ruleset=f"{ev.source}:{ev.line}" if ev.source else None,
-                      process="bastion scan", container_path=ev.container_path or None,
-                      offsets=list(ev.offsets[:8]), evidence=ev.kind, db_version=ev.db_version)
-
-
 class _Quarantiner:
     """--move-to-quarantine: the only action ``bastion scan`` takes on a file, and only when asked."""
 
@@ -442,7 +433,7 @@ def _handle(entry: Entry, res: ScanResult | None, tally: Tally, human: Human | N
     if res is not None:
         verdict = _verdict(res)
         if verdict == "infected":
-            _detection_event(entry.path, res)
+            events.record_detections(entry.path, res, "bastion scan")
         elif verdict == "error":
             events.record("scan-error", f"{entry.path}: {res.error}", outcome="failure", path=entry.path,
                           process="bastion scan")

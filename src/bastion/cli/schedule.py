@@ -167,10 +167,7 @@ def _run_one(sched: store.Schedule, engine: Engine, db_version: str) -> dict:
         names = ", ".join(d.name for d in res.detections)
         found.append({"path": entry.path, "detections": names})
         print(f"{entry.path}: {names} FOUND")
-        for det in res.detections:
-            events.record("detection", f"{entry.path}: {det.name}", path=entry.path, size=res.size, rule=det.name,
-                          ruleset=f"{det.evidence.source}:{det.evidence.line}", process="bastion schedule",
-                          schedule=sched.name)
+        events.record_detections(entry.path, res, "bastion schedule", schedule=sched.name)
         if quarantine is not None:
             from bastion.quarantine import QuarantineError
 

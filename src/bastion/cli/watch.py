@@ -67,9 +67,7 @@ class _Output:
             return
         if what == "infected" and result is not None:
             names = [d.name for d in result.detections]
-            for name in names:
-                events.record("detection", f"{path}: {name}", path=path, size=result.size, rule=name,
-                              process="bastion watch")
+            events.record_detections(path, result, "bastion watch")
             self.emit({"type": "infected", "path": path, "detections": names},
                       f"INFECTED {path}  {', '.join(names)}")
             if self.quarantine is not None:

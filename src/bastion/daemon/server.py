@@ -511,10 +511,7 @@ class Daemon:
         for line in lines:
             self.log.scan(line)
         if result.detections:
-            for det in result.detections[: len(lines)]:
-                events.record("detection", f"{tag}: {det.name}", sync=False, path=tag, size=result.size,
-                              rule=det.name, ruleset=f"{det.evidence.source}:{det.evidence.line}",
-                              process="bastion daemon", evidence=det.evidence.kind)
+            events.record_detections(tag, result, "bastion daemon", sync=False, limit=len(lines))
         else:
             events.record("scan-error", lines[0], sync=False, outcome="failure", path=tag, process="bastion daemon")
         return lines
