@@ -25,6 +25,14 @@ def user_state(env: str, system: str, *tail: str) -> str:
     return located(env, system, "XDG_STATE_HOME", (".local", "state"), *tail)
 
 
+BASTION_TOML = "/etc/bastion/bastion.toml"
+
+
+def bastion_toml(given: str | None) -> str | None:
+    """The bastion.toml to read: the one given, else /etc/bastion/bastion.toml if there is one."""
+    return given or (BASTION_TOML if os.path.isfile(BASTION_TOML) else None)
+
+
 def state_dir() -> str:
     return user_state("", "/var/lib/bastion")
 

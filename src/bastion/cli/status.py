@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
 from bastion.cli.common import parse_command_line
 from bastion.dbstore.store import DatabaseStore
 from bastion.feed.sources import SourceState, load_config
+from bastion.paths import bastion_toml
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +37,7 @@ def run(argv: list[str] | None = None) -> int:
     if isinstance(args, int):
         return args
     silent_days, configured = 7.0, []
-    config = args.config or ("/etc/bastion/bastion.toml" if os.path.isfile("/etc/bastion/bastion.toml") else None)
+    config = bastion_toml(args.config)
     if config:
         cfg = load_config(config)
         silent_days, configured = cfg.silent_days, [s.name for s in cfg.sources]

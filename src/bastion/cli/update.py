@@ -29,15 +29,14 @@ from bastion.dbstore.store import DatabaseStore, StoreError
 from bastion.feed.clamav_mirror import MirrorError
 from bastion.feed.client import FeedError, fetch
 from bastion.feed.sources import STRICTNESS, Source, SourceError, SourceState, hashlist_to_hsb, load_config
+from bastion.paths import BASTION_TOML, bastion_toml
 from bastion.signatures.loader import file_digest
-
-DEFAULT_CONFIG = "/etc/bastion/bastion.toml"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bastion update", description="Update the database from its sources.")
     p.add_argument("--config", default=None, metavar="FILE",
-                   help=f"bastion.toml with [[update.sources]] (default {DEFAULT_CONFIG} if it exists)")
+                   help=f"bastion.toml with [[update.sources]] (default {BASTION_TOML} if it exists)")
     p.add_argument("--feed", action="append", default=[], metavar="NAME=URL", help="a Bastion feed (repeatable)")
     p.add_argument("--trust", action="append", default=[], metavar="NAME=ROOT.json",
                    help="the feed's root.json, the first time (then kept and rotated by the feed)")
@@ -60,7 +59,7 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
 
 
 def _sources(args: argparse.Namespace) -> list[Source]:
-    path = args.config or (DEFAULT_CONFIG if os.path.isfile(DEFAULT_CONFIG) else None)
+    path = bastion_toml(args.config)
     configured = load_config(path) if path else None
     policy = args.policy or (configured.policy if configured else "auto")
     sources = list(configured.sources) if configured else []
