@@ -277,19 +277,27 @@ def compiled_digest(directory: str) -> str:
     return h.hexdigest()
 
 
-def is_cached(paths: list[str] | None, *, pua: bool = False) -> bool:
-    """Whether the database for these paths is compiled already (so opening it only loads it)."""
+def _locate(paths: list[str] | None, pua: bool, use_cache: bool, rules: list[str]) -> tuple[Discovery, str]:
+    """The sources the paths name (or the default database's) and where their compiled database
+    lives in the cache (whether or not it is there)."""
     official = False
     if not paths:
         paths, official = default_database_paths()
     root = cache_dir()
-    memo = DigestMemo(root)
+    memo = DigestMemo(root) if use_cache else None
+    discovery = discover(list(paths), pua=pua, official=official, digest=memo, rules=rules)
+    if memo is not None:
+        memo.save()
+    return discovery, os.path.join(root, cache_key(discovery, pua))
+
+
+def is_cached(paths: list[str] | None, *, pua: bool = False) -> bool:
+    """Whether the database for these paths is compiled already (so opening it only loads it)."""
     try:
-        discovery = discover(list(paths), pua=pua, official=official, digest=memo)
+        _discovery, final = _locate(paths, pua, True, [])
     except SignatureError:
         return False
-    memo.save()
-    return os.path.isfile(os.path.join(root, cache_key(discovery, pua), "manifest.json"))
+    return os.path.isfile(os.path.join(final, "manifest.json"))
 
 
 def open_database(paths: list[str] | None = None, *, pua: bool = False, use_cache: bool = True,
@@ -310,16 +318,8 @@ def open_database(paths: list[str] | None = None, *, pua: bool = False, use_cach
 def _open_database(paths: list[str] | None, pua: bool, use_cache: bool, rules: list[str],
                    yara_strict: bool) -> Database:
     started = time.perf_counter()
-    official = False
-    if not paths:
-        paths, official = default_database_paths()
-    root = cache_dir()
-    memo = DigestMemo(root) if use_cache else None
-    discovery = discover(list(paths), pua=pua, official=official, digest=memo, rules=rules)
-    if memo is not None:
-        memo.save()
-    key = cache_key(discovery, pua)
-    final = os.path.join(root, key)
+    discovery, final = _locate(paths, pua, use_cache, rules)
+    root, key = os.path.split(final)
     if use_cache and os.path.isfile(os.path.join(final, "manifest.json")):
         try:
             db = Database.load(final)
