@@ -440,7 +440,6 @@ def _handle(entry: Entry, res: ScanResult | None, tally: Tally, human: Human | N
         action = quarantiner.act(entry.path, res) if quarantiner and verdict == "infected" else None
         if action and action["outcome"] == "failed":
             events.record("quarantine", action["error"], outcome="failure", path=entry.path)
-        if action and action["outcome"] == "failed":
             tally.errors += 1
         if verdict == "infected":
             tally.infected += 1
