@@ -33,12 +33,18 @@ class _Unsupported(Exception):
 
 
 def _inflate(data: bytes, cap: int) -> bytes:
+    """Inflate up to ``cap + 1`` bytes; a stream damaged part way keeps what inflated before the damage
+    (a truncated one simply ends early)."""
     dec = zlib.decompressobj()
-    try:
-        out = dec.decompress(data, cap + 1)
-    except zlib.error:
-        out = dec.decompress(data[:-1], cap + 1) if len(data) > 1 else b""  # a truncated stream: keep what inflates
-    return out
+    out = bytearray()
+    for at in range(0, len(data), 1 << 16):
+        try:
+            out += dec.decompress(data[at:at + (1 << 16)], cap + 1 - len(out))
+        except zlib.error:
+            break
+        if len(out) > cap or dec.eof:
+            break
+    return bytes(out)
 
 
 def _run_length(data: bytes, cap: int) -> bytes:
