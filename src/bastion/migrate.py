@@ -142,16 +142,12 @@ def _set(keys: dict[str, object], key: str, value: object, repeatable: bool) -> 
 
 def _yara_ok(text: str) -> str | None:
     """None when yara-x compiles the rules (with Bastion's externals), else why not."""
-    import yara_x
+    from bastion.signatures.yara import new_compiler
 
-    from bastion.signatures.yara import EXTERNALS
-
-    compiler = yara_x.Compiler()
-    for name in EXTERNALS:
-        compiler.define_global(name, "")
+    compiler = new_compiler(skip_invalid=False)
     try:
-        compiler.add_source(text)
-        compiler.build()
+        compiler.add_source(text)  # type: ignore[attr-defined]
+        compiler.build()  # type: ignore[attr-defined]
     except Exception as exc:  # yara_x.CompileError and friends
         return str(exc).splitlines()[0] if str(exc) else "rejected by yara-x"
     return None

@@ -26,13 +26,14 @@ EXTERNALS = ("filename", "filepath", "extension", "filetype", "owner")
 _NAMESPACE_CHARS = re.compile(r"[^A-Za-z0-9_]")
 
 
-def new_compiler() -> object:
-    """A yara-x compiler with Bastion's external variables declared (empty strings) that leaves out a
-    rule it cannot compile (and says which) instead of failing the whole source."""
+def new_compiler(skip_invalid: bool = True) -> object:
+    """A yara-x compiler with Bastion's external variables declared (empty strings).  With
+    ``skip_invalid`` it leaves out a rule it cannot compile (and says which) instead of failing the
+    whole source."""
     import yara_x
 
     compiler = yara_x.Compiler()
-    compiler.ignore_invalid_rules(True)
+    compiler.ignore_invalid_rules(skip_invalid)
     for name in EXTERNALS:
         compiler.define_global(name, "")
     return compiler
