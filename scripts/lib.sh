@@ -55,6 +55,8 @@ ensure_debian_peers() {
     [ -d /usr/share/clamav-testfiles ] || missing+=(clamav-testfiles)
     command -v yara >/dev/null 2>&1 || missing+=(yara)
     command -v zip >/dev/null 2>&1 || missing+=(zip)
+    # qemu's user-mode emulator: compiled databases are checked byte-identical on other CPU families
+    command -v qemu-x86_64 >/dev/null 2>&1 || missing+=(qemu-user)
     ensure_native_libs
     if [ "${#missing[@]}" -gt 0 ]; then
         echo "== installing Debian peers: ${missing[*]}"

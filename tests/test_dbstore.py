@@ -28,9 +28,11 @@ def env_for(tmp: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def db(args: list[str], tmp: Path, **extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bastion.cli.main", "db", *args], capture_output=True, text=True,
-                          env=env_for(tmp, **extra), timeout=180)
+def db(args: list[str], tmp: Path, cpu: str | None = None, **extra: str) -> subprocess.CompletedProcess[str]:
+    """``bastion db ARGS``; with ``cpu``, under qemu's user-mode emulation of that CPU model."""
+    emulator = ["qemu-x86_64", "-cpu", cpu] if cpu else []
+    return subprocess.run([*emulator, sys.executable, "-m", "bastion.cli.main", "db", *args], capture_output=True,
+                          text=True, env=env_for(tmp, **extra), timeout=300)
 
 
 def detects(tmp: Path, data: bytes) -> list[str]:
@@ -162,12 +164,43 @@ def test_daemon_picks_up_an_activation_and_only_loads_it(tmp_path: Path) -> None
         daemon.wait(timeout=30)
 
 
+def a_feed_of_every_kind(folder: Path) -> Path:
+    """Hash, body (wildcards, alternatives, ranges), logical, container and YARA signatures: every
+    kind of compiled table, so a CPU-dependent one would change the digest."""
+    import hashlib
+
+    write(folder / "a.ndb", SIG1 + "".join(
+        f"Repro.Body{i}:0:*:{hashlib.sha256(str(i).encode()).hexdigest()[:20]}{'??' if i % 3 else '*'}"
+        f"4142{'{2-9}' if i % 4 == 0 else ''}4344(45|46)4748\n" for i in range(300)))
+    write(folder / "b.hdb", "".join(f"{hashlib.md5(str(i).encode()).hexdigest()}:{i + 10}:Repro.Hash{i}\n"
+                                    for i in range(500)))
+    write(folder / "c.hsb", "".join(f"{hashlib.sha256(str(i).encode()).hexdigest()}:*:Repro.Sha{i}:73\n"
+                                    for i in range(100)))
+    write(folder / "d.ldb", "Repro.Logic;Engine:51-255,Target:0;0&1;7265706f;6c6f676963\n")
+    write(folder / "e.cdb", "Repro.Container:CL_TYPE_ZIP:*:evil\\.exe:*:*:*:*:*:*\n")
+    write(folder / "f.yar",
+          'rule repro_yara { strings: $a = "repro yara" $b = { 72 65 70 ?? 6f 20 79 } condition: $a or $b }\n')
+    return folder
+
+
 def test_the_same_inputs_compile_to_the_same_digest_anywhere(tmp_path: Path) -> None:
-    feed = write(tmp_path / "feed" / "a.ndb", SIG1)
+    """Two stores at different paths, and two other CPU families (qemu's Nehalem: no AVX; Haswell:
+    AVX2; this host: AVX-512 where it has it), each with another hash seed: one compiled digest."""
+    import shutil
+
+    feed = a_feed_of_every_kind(tmp_path / "feed")
+    runs: list[tuple[str | None, str]] = [(None, "one"), (None, "two/deeper")]
+    if shutil.which("qemu-x86_64"):
+        runs += [("Nehalem", "nehalem"), ("Haswell", "haswell")]
     digests = []
-    for where in ("one", "two/deeper"):  # two stores and two caches, at different paths
-        env = {"BASTION_DB_STORE": str(tmp_path / where / "store"), "BASTION_CACHE_DIR": str(tmp_path / where / "c")}
-        assert db(["stage", str(feed.parent)], tmp_path, **env).returncode == 0
+    for cpu, where in runs:  # each with its own store and cache
+        env = {"BASTION_DB_STORE": str(tmp_path / where / "store"), "BASTION_CACHE_DIR": str(tmp_path / where / "c"),
+               "PYTHONHASHSEED": str(len(digests) * 7 + 1)}
+        r = db(["stage", str(feed)], tmp_path, cpu, **env)
+        assert r.returncode == 0, r.stdout + r.stderr
         listed = json.loads(db(["list", "--json"], tmp_path, **env).stdout)
-        digests.append((listed["id"], listed["inputs_digest"], listed["compiled_digest"]))
-    assert digests[0] == digests[1] and len(digests[0][2]) == 64
+        digests.append((listed["id"], listed["inputs_digest"], listed["compiled_digest"], listed["toolchain"]))
+    assert len(digests[0][2]) == 64 and "python-hyperscan" in digests[0][3]
+    assert all(d == digests[0] for d in digests), digests
+    if len(runs) == 2:
+        pytest.skip("qemu-x86_64 (Debian: qemu-user) is missing: compared on this CPU only")

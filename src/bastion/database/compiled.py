@@ -25,6 +25,8 @@ import os
 import time
 from dataclasses import dataclass, field
 
+import hyperscan
+
 from bastion import FUNCTIONALITY_LEVEL, __version__
 from bastion.database.bodymatcher import BodyMatcher
 from bastion.database.hashtable import HashTable
@@ -119,6 +121,7 @@ class Database:
         manifest = {
             "format": FORMAT_VERSION,
             "bastion": __version__,
+            "toolchain": toolchain(),
             "version": self.version,
             "sources": [[s.path, s.sha256, s.official] for s in self.sources],
             "hash_tables": [[k.value, p.value, len(t)] for (k, p), t in self.hash_tables.items()],
@@ -198,9 +201,31 @@ def cache_dir() -> str:
     return os.path.join(base, "bastion", "db")
 
 
+def toolchain() -> str:
+    """The libraries whose output is stored in a compiled database, with their versions: part of what
+    "the same inputs" means for a byte-identical compiled database.
+
+    The Hyperscan inside python-hyperscan 0.9.1's wheel (Vectorscan 5.4.12) is built for a generic
+    x86-64 target: it compiles the same bytes whatever CPU it runs on (no AVX2/AVX-512 variants; the
+    database info says ``Features:`` empty).  tests/test_dbstore.py checks the compiled digest under
+    qemu's Nehalem and Haswell CPU models against the host's (AMD EPYC, AVX-512 here).  That is why
+    pyproject.toml pins hyperscan and yara-x exactly: another release may compile other bytes."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "absent"
+
+    return f"python-hyperscan {hyperscan.__version__}, yara-x {of('yara-x')}"
+
+
 def cache_key(discovery: Discovery, pua: bool) -> str:
     h = hashlib.sha256()
-    h.update(f"bastion {__version__} format {FORMAT_VERSION} fl {FUNCTIONALITY_LEVEL} pua {pua}\n".encode())
+    # hyperscan's version too: a database serialized by another Hyperscan release does not load
+    h.update(f"bastion {__version__} format {FORMAT_VERSION} fl {FUNCTIONALITY_LEVEL} pua {pua} "
+             f"hyperscan {hyperscan.__version__}\n".encode())
     # real paths: a database reached through a link (the store's "active") is the one staged and
     # compiled under its own name, so the daemon's reload of an activated version only loads it
     for c in discovery.candidates:
@@ -265,9 +290,8 @@ class DigestMemo:
 
 def compiled_digest(directory: str) -> str:
     """SHA-256 over the compiled database's files (names and contents), its manifest left out: the
-    manifest names the input paths, everything else depends only on the inputs and Bastion's version
-    (two compiles of the same inputs, in any folders, give the same digest on this machine; the
-    Hyperscan databases are tuned to the CPU that compiled them)."""
+    manifest names the input paths, everything else depends only on the inputs, Bastion's version
+    and :func:`toolchain` (the same inputs give the same digest in any folder, on any x86-64 CPU)."""
     h = hashlib.sha256()
     for name in sorted(os.listdir(directory)):
         if name == "manifest.json":

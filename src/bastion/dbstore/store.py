@@ -60,7 +60,9 @@ class Version:
     files: dict[str, str]        # name -> sha256
     signatures: int
     compiled_version: str        # the compiled database's cache key
-    compiled_digest: str = ""    # database.compiled.compiled_digest: the same inputs give the same
+    compiled_digest: str = ""    # database.compiled.compiled_digest: the same inputs and toolchain give
+    #                              the same digest on any machine (x86-64)
+    toolchain: str = ""          # database.compiled.toolchain(): the libraries that compiled it
 
     @classmethod
     def load(cls, directory: str) -> Version:
@@ -187,7 +189,7 @@ class DatabaseStore:
 
     def _compile_and_test(self, version_id: str, files: dict[str, str], digest: str,
                           clean_corpus: list[str]) -> Version:
-        from bastion.database.compiled import compiled_digest, open_database
+        from bastion.database.compiled import compiled_digest, open_database, toolchain
         from bastion.engine import Engine, ScanOptions
         from bastion.signatures.errors import SignatureError
 
@@ -207,7 +209,7 @@ class DatabaseStore:
                 raise StoreError(f"self-test failed: known-clean {path} is detected as {result.detections[0].name}")
         _fault("tested")
         version = Version(version_id, digest, _now(), files, db.signature_count, db.version,
-                          compiled_digest(db.path) if db.path else "")
+                          compiled_digest(db.path) if db.path else "", toolchain())
         write_file_atomically(os.path.join(self.versions_dir, version_id, "version.json"),
                               json.dumps(version.__dict__, indent=2, sort_keys=True).encode())
         return version
@@ -236,6 +238,7 @@ class DatabaseStore:
         return {"time": _now(), "action": action, "version": version.id, "previous": previous,
                 "inputs_digest": version.inputs_digest, "inputs": version.files,
                 "compiled_database": version.compiled_version, "compiled_digest": version.compiled_digest,
+                "toolchain": version.toolchain,
                 "signatures": version.signatures,
                 "trigger": trigger or f"{getpass.getuser()} (pid {os.getpid()})"}
 
