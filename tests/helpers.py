@@ -38,3 +38,39 @@ def write(path: Path, data: bytes | str) -> Path:
         data = data.encode()
     path.write_bytes(data)
     return path
+
+
+def run_with_stderr_on_a_terminal(cmd: list[str], env: dict[str, str],
+                                  timeout: float = 180) -> tuple[int, str, str]:
+    """Run ``cmd`` with stderr on a pseudo-terminal (80x24) and stdout on a pipe, as a user at a
+    terminal would see it.  Returns (exit status, stdout, what the terminal received)."""
+    import fcntl
+    import os
+    import pty
+    import select
+    import struct
+    import subprocess
+    import termios
+    import time
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=slave, env=env)
+    os.close(slave)
+    screen = bytearray()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                piece = os.read(master, 65536)
+            except OSError:  # the child closed its end
+                break
+            if not piece:
+                break
+            screen += piece
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    stdout = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))[0]
+    return proc.returncode, stdout.decode(errors="replace"), screen.decode(errors="replace")

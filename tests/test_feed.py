@@ -273,3 +273,22 @@ def test_thresholds_need_every_signature(tmp_path: Path, server: tuple[Path, str
     (www / "feed" / "keys" / "targets.2.pem").unlink()  # one of the two targets keys is lost (or stolen alone)
     feed.publish()
     _refused(tmp_path, url, "not signed by the trusted keys")
+
+
+def test_a_progress_bar_on_a_terminal_only(tmp_path: Path, server: tuple[Path, str]) -> None:
+    """`bastion update` at a terminal shows each signature file's download (name, size) on stderr;
+    with stderr on a pipe (timers, logs) it prints no bar."""
+    from tests.helpers import run_with_stderr_on_a_terminal
+
+    www, url = server
+    feed = make_feed(www)
+    big = "".join(f"Feed.Bulk.{i}:0:*:{i:08x}{b'bulk signature'.hex()}\n" for i in range(60_000))
+    feed.add([str(write(tmp_path / "bulk.ndb", SIG1 + big))])
+    feed.publish()
+    cmd = [sys.executable, "-m", "bastion.cli.main", "update", "--dry-run", "--feed", f"main={url}/feed",
+           "--trust", f"main={www / 'feed/metadata/root.json'}"]
+    rc, out, screen = run_with_stderr_on_a_terminal(cmd, env_for(tmp_path))
+    assert rc == 0 and "would add main--bulk.ndb" in out, out + screen
+    assert "bulk.ndb" in screen and "MB" in screen, screen  # the bar: file name and a byte count
+    piped = subprocess.run(cmd, capture_output=True, text=True, env=env_for(tmp_path), timeout=180)
+    assert piped.returncode == 0 and "bulk.ndb" not in piped.stderr and "MB" not in piped.stderr, piped.stderr

@@ -11,10 +11,14 @@ code above all, is refused whole.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import IO
 
 from bastion.feed.publisher import MANIFEST, is_data
 
@@ -50,6 +54,49 @@ def _explain(exc: Exception) -> str:
     return str(exc)
 
 
+def _progress_fetcher() -> object | None:
+    """python-tuf's own fetcher, with a progress bar per signature file on a terminal (None: the
+    default fetcher, no bar).  Metadata downloads are small and get no bar; a target's bar has its
+    signed length as total (``download_file`` is given exactly that length for targets)."""
+    import sys
+
+    if not sys.stderr.isatty():
+        return None
+    from tuf.ngclient import Urllib3Fetcher
+
+    from bastion.feed.progress import progress
+
+    def nothing(n: int) -> None:
+        pass
+
+    class ProgressFetcher(Urllib3Fetcher):
+        def __init__(self) -> None:
+            super().__init__()
+            self.advance: Callable[[int], None] = nothing
+
+        @contextlib.contextmanager
+        def download_file(self, url: str, max_length: int) -> Iterator[IO[bytes]]:
+            if "/targets/" not in url:
+                with super().download_file(url, max_length) as fh:
+                    yield fh
+                return
+            label = re.sub(r"^[0-9a-f]{64}\.", "", url.rsplit("/", 1)[-1])  # without a consistent-snapshot hash
+            with progress(label, max_length) as advance:
+                self.advance = advance
+                try:
+                    with super().download_file(url, max_length) as fh:
+                        yield fh
+                finally:
+                    self.advance = nothing
+
+        def _fetch(self, url: str) -> Iterator[bytes]:
+            for chunk in super()._fetch(url):
+                self.advance(len(chunk))
+                yield chunk
+
+    return ProgressFetcher()
+
+
 def fetch(name: str, url: str, state_dir: str, trusted_root: str | None = None) -> Fetched:
     """Refresh the feed ``name`` at ``url`` and download its files into a private folder."""
     from tuf.api.exceptions import DownloadError, RepositoryError
@@ -68,7 +115,8 @@ def fetch(name: str, url: str, state_dir: str, trusted_root: str | None = None) 
     url = url.rstrip("/")
     try:
         updater = Updater(metadata_dir=metadata_dir, metadata_base_url=f"{url}/metadata/",
-                          target_dir=download_dir, target_base_url=f"{url}/targets/", bootstrap=None)
+                          target_dir=download_dir, target_base_url=f"{url}/targets/", bootstrap=None,
+                          fetcher=_progress_fetcher())
         updater.refresh()
         manifest_info = updater.get_targetinfo(MANIFEST)
         if manifest_info is None:
