@@ -223,8 +223,10 @@ def test_flood_past_the_queue_keeps_serving(tmp_path: Path) -> None:
 def test_worker_processes_are_restarted_and_stop_together(tmp_path: Path) -> None:
     with daemon(tmp_path, base_conf(tmp_path), workers=2) as proc:
         sock = str(tmp_path / "d.sock")
-        workers = process_tree(proc.pid)[1:]
-        assert len(workers) == 2
+        deadline = time.monotonic() + 20  # the socket answers once the first worker is forked
+        while len(workers := process_tree(proc.pid)[1:]) != 2:
+            assert time.monotonic() < deadline, f"workers: {workers}"
+            time.sleep(0.1)
         os.kill(workers[0], 9)  # a worker that crashes is replaced; the others keep serving
         assert ask(sock, instream(WORD)) == b"stream: Daemon.Ops.Body.UNOFFICIAL FOUND\0"
         deadline = time.monotonic() + 20
@@ -270,3 +272,22 @@ def test_systemd_unit_is_valid_and_sandboxed(name: str, options: tuple[str, ...]
     problems = [line for line in r.stderr.splitlines()
                 if str(unit.name) in line and "Command" not in line and "executable" not in line.lower()]
     assert not problems, r.stderr
+
+
+def test_heuristic_switches_of_clamd_conf(tmp_path: Path) -> None:
+    """AlertBrokenExecutables and AlertExceedsMax act as clamd's do (no longer "ignored")."""
+    import struct
+
+    from tests.test_executable import make_pe
+
+    broken = bytearray(make_pe())
+    struct.pack_into("<H", broken, 0x40 + 6, 0)  # NumberOfSections 0
+    conf = base_conf(tmp_path, "AlertBrokenExecutables yes\nAlertExceedsMax yes\nMaxFileSize 100K\nLogVerbose yes\n")
+    with daemon(tmp_path, conf, workers=1) as proc:
+        sock = str(tmp_path / "d.sock")
+        assert ask(sock, instream(bytes(broken))) == b"stream: Heuristics.Broken.Executable FOUND\0"
+        assert ask(sock, instream(make_pe())) == b"stream: OK\0"
+        assert ask(sock, instream(bytes(200_000))) == b"stream: Heuristics.Limits.Exceeded.MaxFileSize FOUND\0"
+        proc.terminate()
+        warnings = proc.communicate(timeout=20)[1]
+        assert "LogVerbose" in warnings and "AlertBrokenExecutables" not in warnings, warnings

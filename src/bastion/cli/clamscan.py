@@ -27,7 +27,7 @@ from bastion.engine import Engine, ScanOptions, ScanResult
 _IGNORED_VALUE_OPTIONS = (
     "--scan-pe", "--scan-elf", "--scan-ole2", "--scan-pdf", "--scan-swf", "--scan-html", "--scan-xmldocs",
     "--scan-hwp3", "--scan-onenote", "--scan-mail", "--scan-image", "--scan-image-fuzzy-hash",
-    "--alert-broken", "--alert-broken-media", "--alert-encrypted-doc", "--alert-macros", "--alert-phishing-ssl",
+    "--alert-broken-media", "--alert-encrypted-doc", "--alert-macros", "--alert-phishing-ssl",
     "--alert-phishing-cloak", "--alert-partition-intersection", "--heuristic-alerts", "--heuristic-scan-precedence",
     "--phishing-sigs", "--phishing-scan-urls", "--bytecode", "--bytecode-unsigned", "--bytecode-timeout",
     "--statistics", "--max-dir-recursion", "--max-embeddedpe",
@@ -137,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="alert on encrypted archives and documents")
     p.add_argument("--alert-encrypted-archive", nargs="?", const="yes", default="no", metavar="yes/no",
                    help="alert on encrypted archives")
+    p.add_argument("--alert-broken", nargs="?", const="yes", default="no", metavar="yes/no",
+                   help="alert on broken executable files (PE & ELF)")
     p.add_argument("-z", "--allmatch", action="store_true", help="continue scanning within file after finding a match")
     p.add_argument("--detect-pua", nargs="?", const="yes", default="no", metavar="yes/no",
                    help="detect possibly unwanted applications (loads .hdu/.hsu/.ndu)")
@@ -380,7 +382,8 @@ def _run(args: argparse.Namespace, out: Output) -> int:
         allmatch=args.allmatch, max_filesize=max_filesize, max_scansize=max_scansize, max_files=max_files,
         max_recursion=max_recursion, max_scantime=max_scantime, scan_archives=_yes(args.scan_archive),
         alert_exceeds_max=_yes(args.alert_exceeds_max),
-        alert_encrypted=_yes(args.alert_encrypted) or _yes(args.alert_encrypted_archive)))
+        alert_encrypted=_yes(args.alert_encrypted) or _yes(args.alert_encrypted_archive),
+        alert_broken=_yes(args.alert_broken)))
     targets = list(args.targets)
     if args.file_list:
         try:

@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="report files whose scan a limit cut short as Heuristics.Limits.Exceeded.*")
     p.add_argument("--alert-encrypted", action="store_true",
                    help="report encrypted archive members as Heuristics.Encrypted.*")
+    p.add_argument("--alert-broken", action="store_true",
+                   help="report PE/ELF files with broken headers as Heuristics.Broken.Executable")
     p.add_argument("--detect-pua", action="store_true",
                    help="also load signatures for possibly unwanted applications")
     p.add_argument("--move-to-quarantine", action="store_true",
@@ -352,7 +354,8 @@ def run(argv: list[str] | None = None) -> int:
     engine = Engine(db, ScanOptions(allmatch=args.allmatch, max_filesize=max_filesize,
                                     max_scansize=max_scansize, want_sha256=args.json, max_files=args.max_files,
                                     max_recursion=args.max_recursion, scan_archives=not args.no_archives,
-                                    alert_exceeds_max=args.alert_exceeds_max, alert_encrypted=args.alert_encrypted))
+                                    alert_exceeds_max=args.alert_exceeds_max, alert_encrypted=args.alert_encrypted,
+                                    alert_broken=args.alert_broken))
     quarantiner = None
     if args.move_to_quarantine:
         try:

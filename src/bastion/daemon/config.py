@@ -62,6 +62,10 @@ class DaemonConfig:
     foreground: bool = False
     detect_pua: bool = False
     allow_all_match_scan: bool = True
+    # clamd's heuristic switches: Heuristics.Broken.Executable, .Encrypted.*, .Limits.Exceeded.*
+    alert_broken_executables: bool = False
+    alert_encrypted: bool = False
+    alert_exceeds_max: bool = False
     ignored: list[str] = field(default_factory=list)
 
 
@@ -119,13 +123,17 @@ _ACTED_ON = {
     "Foreground": ("foreground", _bool, False),
     "DetectPUA": ("detect_pua", _bool, False),
     "AllowAllMatchScan": ("allow_all_match_scan", _bool, False),
+    "AlertBrokenExecutables": ("alert_broken_executables", _bool, False),
+    "AlertEncrypted": ("alert_encrypted", _bool, False),
+    "AlertEncryptedArchive": ("alert_encrypted", _bool, False),
+    "AlertExceedsMax": ("alert_exceeds_max", _bool, False),
 }
 # clamd options that load but that Bastion does not act on (yet): named in a warning
 _IGNORED_NAMES = """
 FixStaleSocket LogSyslog LogVerbose LogFileMaxSize LogFileUnlock
 LogFacility LogRotate ExtendedDetectionInfo TemporaryDirectory OfficialDatabaseOnly
-SendBufTimeout HeuristicAlerts HeuristicScanPrecedence AlertEncrypted AlertEncryptedArchive
-AlertEncryptedDoc AlertBrokenExecutables AlertBrokenMedia AlertOLE2Macros AlertExceedsMax
+SendBufTimeout HeuristicAlerts HeuristicScanPrecedence
+AlertEncryptedDoc AlertBrokenMedia AlertOLE2Macros
 AlertPhishingSSLMismatch AlertPhishingCloak AlertPartitionIntersection ScanPE ScanELF ScanOLE2 ScanPDF ScanSWF
 ScanHTML ScanXMLDOCS ScanHWP3 ScanOneNote ScanMail ScanArchive ScanImage ScanImageFuzzyHash
 ScanPartialMessages PhishingSignatures PhishingScanURLs Bytecode BytecodeSecurity BytecodeUnsigned

@@ -77,6 +77,7 @@ class ScanOptions:
     scan_archives: bool = True
     alert_exceeds_max: bool = False
     alert_encrypted: bool = False
+    alert_broken: bool = False  # clamscan --alert-broken: Heuristics.Broken.Executable (formats/broken.py)
 
 
 # Heuristics.* names clamscan 1.4.6 prints for an exceeded limit (checked with --alert-exceeds-max)
@@ -412,6 +413,8 @@ class Engine:
         if self._logical is not None and views is not None and (opts.allmatch or not found):
             facts = ObjectFacts(size, ftype, ctx.parents[-1] if ctx.parents else "CL_TYPE_ANY", ctx.parents)
             self._evaluate_logical(views, facts, found)
+        if opts.alert_broken and ftype in _EXECUTABLE_TYPES and (opts.allmatch or not found):
+            self._broken(memoryview(source.whole()), result)
         if self._yara is not None and size and (opts.allmatch or not found):
             self._match_yara(memoryview(source.whole())[: opts.max_scansize], ftype, result, ctx)
         if opts.scan_archives and size and (opts.allmatch or not found):
@@ -552,6 +555,15 @@ class Engine:
         if not any(d.name == name for d in result.detections):
             result.detections.append(Detection(name, Evidence(kind="heuristic", source=kind, line=0,
                                                               db_version=self.db.version, pattern=detail)))
+
+    def _broken(self, data: memoryview, result: ScanResult) -> None:
+        """--alert-broken: a PE or ELF file whose headers clamscan calls broken is a verdict."""
+        from bastion.formats.broken import broken_executable
+
+        reason = broken_executable(data)
+        if reason is not None:
+            result.detections.append(Detection("Heuristics.Broken.Executable", Evidence(
+                kind="heuristic", source="broken-executable", line=0, db_version=self.db.version, pattern=reason)))
 
     def _apply_allow_lists(self, result: ScanResult, digests: dict[HashKind, bytes], size: int) -> None:
         for kind, table in self._allow_tables:
