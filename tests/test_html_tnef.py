@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import struct
 import urllib.parse
+from pathlib import Path
 
 from bastion.unpack.base import ChildObject, LimitExceeded, UnpackLimits
 from bastion.unpack.html import HtmlUnpacker
@@ -53,3 +54,29 @@ def test_tnef_attachments() -> None:
     items = list(TnefUnpacker().children(many, "w.dat", UnpackLimits(max_files=5)))
     assert isinstance(items[-1], LimitExceeded) and items[-1].limit == "max-files"
     assert isinstance(next(iter(TnefUnpacker().children(b"nope", "w", UnpackLimits()))), LimitExceeded)
+
+
+def test_max_htmlnormalize_as_clamscan(tmp_path: Path, shared_cache_dir: Path) -> None:
+    """Over --max-htmlnormalize an HTML page is neither normalized nor unpacked, in clamscan and in
+    Bastion (a signature on its normalized text and an executable in a data: URI go unseen)."""
+    import pytest
+
+    from tests.test_clamscan_parity import CLAMSCAN, run_both
+
+    if CLAMSCAN is None:
+        pytest.skip("clamscan is not installed")
+    exe = Path("/usr/share/clamav-testfiles/clam.exe")
+    inside = (b'<a href="data:application/octet-stream;base64,' + base64.b64encode(exe.read_bytes()) + b'">x</a>'
+              if exe.exists() else b"")
+    page = b"<html><body>" + b"<p>Filler paragraph text</p>\n" * 100 + b"<p>EvilThingMarkerText</p>" + inside
+    (tmp_path / "page.html").write_bytes(page + b"</body></html>\n")
+    lines = [f"Htn.Norm.Html:3:*:{b'evilthingmarkertext'.hex()}", f"Htn.Norm.Any:0:*:{b'evilthingmarkertext'.hex()}",
+             f"Htn.Raw.Any:0:*:{b'EvilThingMarkerText'.hex()}"]
+    if exe.exists():
+        lines.append(f"Htn.Exe:1:*:{exe.read_bytes()[0x1F8:0x220].hex()}")
+    (tmp_path / "t.ndb").write_text("\n".join(lines) + "\n")
+    for limit, expect_found in (("", True), ("--max-htmlnormalize=1K", False), ("--max-htmlnormalize=1M", True)):
+        args = ["--no-summary", "-z", "-d", "t.ndb", *([limit] if limit else []), "page.html"]
+        pair = run_both(args, tmp_path, shared_cache_dir)
+        assert set(pair.bastion.found) == set(pair.clam.found), pair.report()  # clamscan -z may repeat a line
+        assert bool(pair.clam.found) == expect_found, pair.report()

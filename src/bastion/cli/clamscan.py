@@ -31,7 +31,7 @@ _IGNORED_VALUE_OPTIONS = (
     "--alert-phishing-cloak", "--alert-partition-intersection", "--heuristic-alerts", "--heuristic-scan-precedence",
     "--phishing-sigs", "--phishing-scan-urls", "--bytecode", "--bytecode-unsigned", "--bytecode-timeout",
     "--statistics", "--max-dir-recursion", "--max-embeddedpe",
-    "--max-htmlnormalize", "--max-htmlnotags", "--max-scriptnormalize", "--max-ziptypercg", "--max-partitions",
+    "--max-htmlnotags", "--max-scriptnormalize", "--max-ziptypercg", "--max-partitions",
     "--max-iconspe", "--max-rechwp3", "--pcre-match-limit", "--pcre-recmatch-limit", "--pcre-max-filesize",
     "--disable-cache", "--nocerts", "--dumpcerts", "--tempdir", "--leave-temps", "--gen-json",
     "--gen-mdb", "--official-db-only", "--exclude-pua", "--include-pua", "--structured-ssn-format",
@@ -137,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="alert on encrypted archives and documents")
     p.add_argument("--alert-encrypted-archive", nargs="?", const="yes", default="no", metavar="yes/no",
                    help="alert on encrypted archives")
+    p.add_argument("--max-htmlnormalize", metavar="#n", default="40M",
+                   help="maximum size of HTML file to normalize (default 40M)")
     p.add_argument("--alert-broken", nargs="?", const="yes", default="no", metavar="yes/no",
                    help="alert on broken executable files (PE & ELF)")
     p.add_argument("-z", "--allmatch", action="store_true", help="continue scanning within file after finding a match")
@@ -355,6 +357,7 @@ def _run(args: argparse.Namespace, out: Output) -> int:
         max_files = int(args.max_files) or (1 << 62)
         max_recursion = int(args.max_recursion) or (1 << 62)
         max_scantime = (int(args.max_scantime) / 1000) or float(1 << 40)
+        max_htmlnormalize = parse_size(args.max_htmlnormalize) or (1 << 62)
         walk_opts = WalkOptions(
             recursive=args.recursive,
             exclude=compile_patterns(args.exclude, "--exclude"),
@@ -383,7 +386,7 @@ def _run(args: argparse.Namespace, out: Output) -> int:
         max_recursion=max_recursion, max_scantime=max_scantime, scan_archives=_yes(args.scan_archive),
         alert_exceeds_max=_yes(args.alert_exceeds_max),
         alert_encrypted=_yes(args.alert_encrypted) or _yes(args.alert_encrypted_archive),
-        alert_broken=_yes(args.alert_broken)))
+        alert_broken=_yes(args.alert_broken), max_htmlnormalize=max_htmlnormalize))
     targets = list(args.targets)
     if args.file_list:
         try:

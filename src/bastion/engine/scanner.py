@@ -78,6 +78,9 @@ class ScanOptions:
     alert_exceeds_max: bool = False
     alert_encrypted: bool = False
     alert_broken: bool = False  # clamscan --alert-broken: Heuristics.Broken.Executable (formats/broken.py)
+    # clamscan --max-htmlnormalize: a larger HTML file is neither normalized nor unpacked (and so, as
+    # HTML is matched only through its normalized form, only its hashes can match)
+    max_htmlnormalize: int = 40 * MiB
 
 
 # Heuristics.* names clamscan 1.4.6 prints for an exceeded limit (checked with --alert-exceeds-max)
@@ -380,7 +383,7 @@ class Engine:
         hashers = {k: _HASHERS[k]() for k in self._hash_plan(expected_size)}
         opened: list[_Streams] = []
         try:
-            size = self._feed(chunks, hashers, opened, result)
+            size = self._feed(chunks, hashers, opened, result, expected_size)
         finally:
             for streams in opened:
                 streams.close()
@@ -417,7 +420,8 @@ class Engine:
             self._broken(memoryview(source.whole()), result)
         if self._yara is not None and size and (opts.allmatch or not found):
             self._match_yara(memoryview(source.whole())[: opts.max_scansize], ftype, result, ctx)
-        if opts.scan_archives and size and (opts.allmatch or not found):
+        if opts.scan_archives and size and (opts.allmatch or not found) \
+                and not (ftype == "CL_TYPE_HTML" and size > opts.max_htmlnormalize):
             unpacker = unpacker_for(ftype)
             if unpacker is not None:
                 self._scan_children(unpacker, memoryview(source.whole()), ftype, result, ctx)
@@ -427,7 +431,7 @@ class Engine:
             result.sha256 = digests[HashKind.SHA256].hex()
 
     def _feed(self, chunks: Iterator[memoryview] | list[memoryview], hashers: dict[HashKind, hashlib._Hash],
-              opened: list[_Streams], result: ScanResult) -> int:
+              opened: list[_Streams], result: ScanResult, expected_size: int = 0) -> int:
         """Hash every chunk and stream it (and its normalized text) through Hyperscan; return the size."""
         limit = self.options.max_scansize
         streams: _Streams | None = None
@@ -438,6 +442,8 @@ class Engine:
             if streams is None:
                 ftype = result.file_type = self._type(chunk[:TEXT_PROBE])
                 normalizer = TextNormalizer() if ftype in NORMALIZED_TARGET else None
+                if ftype == "CL_TYPE_HTML" and expected_size > self.options.max_htmlnormalize:
+                    normalizer = None  # clamscan: "exiting (file larger than MaxHTMLNormalize)"
                 raw_scan = ftype not in _NORMALIZED_ONLY
                 streams = _Streams(self, normalized=normalizer is not None)
                 opened.append(streams)
