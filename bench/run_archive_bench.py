@@ -7,8 +7,9 @@
 Generates (deterministically, under DIR) a database (the scan benchmark's generator: 100k MD5, 20k
 SHA, 5k body signatures; or the files of ``--signatures DIR``, e.g. the scan benchmark's 1.25M-signature
 database, linked in), plus 40 planted body signatures, and a corpus of N container files: zips (deflate and
-stored, nested zip-in-zip), tar.gz, tar.xz, OOXML-like documents (zip with XML parts), MIME mails with
-base64 attachments, gzip and bzip2 singles.  One file in ten carries a planted signature somewhere
+stored, nested zip-in-zip), tar.gz, tar.xz, OOXML-like documents (zip with XML parts), OLE2 compound
+documents (Office 97-2003 layout), PDFs with Flate streams, MIME mails with base64 attachments, gzip
+and bzip2 singles.  One file in ten carries a planted signature somewhere
 inside (at depth 1 to 3).
 
 Measures for each tool (median of --repeat runs, warm page cache, Bastion's DB cache warm):
@@ -31,17 +32,19 @@ import random
 import shlex
 import shutil
 import statistics
+import struct
 import sys
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from email.message import EmailMessage
 from pathlib import Path
 
 from run_scan_bench import parse_detections, run_measured
 from workload import link_or_generate_db
 
-ARCHIVE_WORKLOAD_VERSION = 2
+ARCHIVE_WORKLOAD_VERSION = 3
 PLANTS = 40
 TARGET_SPEEDUP = 2.0
 TARGET_RSS_RATIO = 0.5
@@ -84,6 +87,70 @@ def _mail(attachments: dict[str, bytes], text: str) -> bytes:
     return msg.as_bytes()
 
 
+def _ole2(streams: dict[str, bytes]) -> bytes:
+    """A compound file (OLE2, CFB version 3) holding ``streams`` at its root, as Office 97-2003
+    documents are.  Streams are padded to 4096 bytes so that all live in regular sectors (no mini
+    stream): enough for both scanners' OLE2 readers, and a deterministic layout."""
+    sector, end, free, fat_mark, nostream = 512, 0xFFFFFFFE, 0xFFFFFFFF, 0xFFFFFFFD, 0xFFFFFFFF
+    names = sorted(streams, key=lambda n: (len(n), n.upper()))  # the directory's order of names
+    data = b""
+    fat: list[int] = []
+    starts = {}
+    for name in names:
+        body = streams[name].ljust(4096, b"\0")
+        body += bytes(-len(body) % sector)
+        starts[name] = len(fat)
+        count = len(body) // sector
+        fat += [len(fat) + i + 1 for i in range(count - 1)] + [end]
+        data += body
+
+    def entry(name: str, kind: int, right: int, child: int, start: int, size: int) -> bytes:
+        raw = name.encode("utf-16-le") + b"\0\0"
+        return (raw.ljust(64, b"\0") + struct.pack("<HBBIII", len(raw), kind, 1, nostream, right, child)
+                + bytes(16 + 4 + 16) + struct.pack("<IQ", start, size))
+
+    entries = [entry("Root Entry", 5, nostream, 1 if names else nostream, end, 0)]
+    for i, name in enumerate(names):
+        entries.append(entry(name, 2, i + 2 if i + 1 < len(names) else nostream, nostream, starts[name],
+                             len(streams[name].ljust(4096, b"\0"))))
+    directory = b"".join(entries)
+    directory += bytes(-len(directory) % sector)
+    dir_start = len(fat)
+    dir_count = len(directory) // sector
+    fat += [dir_start + i + 1 for i in range(dir_count - 1)] + [end]
+    fat_count = 1
+    while (len(fat) + fat_count) > fat_count * (sector // 4):
+        fat_count += 1
+    fat_start = len(fat)
+    fat += [fat_mark] * fat_count
+    fat += [free] * (fat_count * (sector // 4) - len(fat))
+    difat = [fat_start + i for i in range(fat_count)] + [free] * (109 - fat_count)
+    header = (bytes.fromhex("d0cf11e0a1b11ae1") + bytes(16) + struct.pack("<HHHHH", 0x3E, 3, 0xFFFE, 9, 6)
+              + bytes(6) + struct.pack("<IIIIIIIII", 0, fat_count, dir_start, 0, 4096, end, 0, end, 0)
+              + struct.pack("<109I", *difat))
+    return header + data + directory + struct.pack(f"<{len(fat)}I", *fat)
+
+
+def _pdf(members: dict[str, bytes]) -> bytes:
+    """A PDF whose page content and embedded files are Flate-compressed streams of ``members``."""
+    out = bytearray(b"%PDF-1.5\n%\xe2\xe3\xcf\xd3\n")
+    offsets = []
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+               b"<< /Type /Page /Parent 2 0 R /Contents 4 0 R >>"]
+    for data in members.values():
+        packed = zlib.compress(data, 6)
+        objects.append(b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(packed) + packed
+                       + b"\nendstream")
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
 def _members(rng: random.Random, words: list[str], count: int, plant: bytes | None) -> dict[str, bytes]:
     out = {}
     for j in range(count):
@@ -120,6 +187,10 @@ def build_file(kind: str, rng: random.Random, words: list[str], plant: bytes | N
         parts = {"[Content_Types].xml": b"<?xml version='1.0'?><Types/>", "word/document.xml":
                  b"<w:document>" + body + b"</w:document>"}
         return _zip(parts)
+    if kind == "doc":
+        return _ole2({f"Stream{i}": data for i, data in enumerate(members.values())})
+    if kind == "pdf":
+        return _pdf(members)
     if kind == "mail":
         return _mail({"report.zip": _zip(members)}, " ".join(rng.choice(words) for _ in range(300)))
     if kind == "gz":
@@ -129,7 +200,8 @@ def build_file(kind: str, rng: random.Random, words: list[str], plant: bytes | N
     raise ValueError(kind)
 
 
-KINDS = ["zip", "zip", "zip-stored", "zip-nested", "tar.gz", "tar.xz", "docx", "mail", "mail", "gz", "bz2"]
+KINDS = ["zip", "zip", "zip-stored", "zip-nested", "tar.gz", "tar.xz", "docx", "doc", "pdf", "mail", "mail", "gz",
+         "bz2"]
 
 
 def ensure_workload(workdir: Path, files: int, seed: int, signatures: Path | None) -> tuple[Path, Path, dict[str, str]]:
