@@ -9,12 +9,14 @@ tests/test_unpack_parity.py.
 
 from __future__ import annotations
 
+import gzip
 import lzma
 import struct
 import time
 import tracemalloc
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +29,7 @@ from bastion.unpack.nsis import SIGNATURE, nsis_members
 from bastion.unpack.ole2 import msi_stream_name
 from bastion.unpack.pe_installers import PeInstallerUnpacker, overlay_start
 from tests.helpers import CANARY
+from tests.test_clamscan_parity import run_both
 
 MiB = 1024 * 1024
 INFECTED = b"installed payload " + CANARY + b" end\n"
@@ -75,10 +78,11 @@ def deflate(data: bytes) -> bytes:
 
 
 def lzma_nsis(data: bytes) -> bytes:
-    dict_size = 1 << 16
+    """LZMA as NSIS writes it: properties, dictionary size (8 MiB, NSIS's default: clamscan tells
+    LZMA from deflate by it), raw LZMA1 (encoded with a smaller dictionary, which any larger one reads)."""
     body = lzma.compress(data, format=lzma.FORMAT_RAW, filters=[
-        {"id": lzma.FILTER_LZMA1, "dict_size": dict_size, "lc": 3, "lp": 0, "pb": 2}])
-    return bytes([0x5D]) + dict_size.to_bytes(4, "little") + body
+        {"id": lzma.FILTER_LZMA1, "dict_size": 1 << 16, "lc": 3, "lp": 0, "pb": 2}])
+    return bytes([0x5D]) + (1 << 23).to_bytes(4, "little") + body
 
 
 def nsis_data(files: list[bytes], method: str = "deflate", solid: bool = False,
@@ -292,7 +296,9 @@ def is_header(entries: list[tuple[int, int, int, int, bytes, int]], files_count:
     return (b"ISc(" + struct.pack("<IIII", 0, 0, data_off, 0)).ljust(data_off, b"\0") + bytes(objects) + strings + items
 
 
-def ishield_cab_exe(payloads: dict[bytes, bytes], extra: bytes = b"") -> bytes:
+def ishield_cab_exe(payloads: dict[bytes, bytes]) -> bytes:
+    """data1.hdr, data2.cab with ``payloads``, setup.ini, and setup.inx last (a file that ends the
+    overlay is not extracted)."""
     cab = b"ISc(".ljust(0x200, b"\0")
     entries = []
     for name, content in payloads.items():
@@ -300,7 +306,7 @@ def ishield_cab_exe(payloads: dict[bytes, bytes], extra: bytes = b"") -> bytes:
         entries.append((4, len(content), len(packed), len(cab), name, 2))
         cab += packed
     return tiny_pe(overlay_file(b"data1.hdr", is_header(entries)) + overlay_file(b"data2.cab", cab)
-                   + overlay_file(b"setup.ini", b"[Startup]\n") + extra)
+                   + overlay_file(b"setup.ini", b"[Startup]\n") + overlay_file(b"setup.inx", b"script"))
 
 
 def test_overlay_start_follows_clamav() -> None:
@@ -323,7 +329,8 @@ def test_ishield_overlay_and_cabinet_round_trip(db) -> None:  # noqa: ANN001
 
 
 def test_ishield_plain_overlay_file(db) -> None:  # noqa: ANN001
-    exe = tiny_pe(overlay_file(b"readme.txt", b"hello") + overlay_file(b"clam.exe", INFECTED))
+    exe = tiny_pe(overlay_file(b"readme.txt", b"hello") + overlay_file(b"clam.exe", INFECTED)
+                  + overlay_file(b"setup.inx", b"script"))
     paths = [d.evidence.container_path for d in scan(db, exe, allmatch=True).detections]
     assert paths == ["", "setup.exe!clam.exe"]  # in the executable's own bytes, and extracted
 
@@ -369,6 +376,12 @@ def test_ishield_overlay_string_tricks() -> None:
         assert not found and not problems
 
 
+def test_ishield_overlay_file_reaching_the_end_is_not_extracted() -> None:
+    exe = tiny_pe(overlay_file(b"one.txt", b"first") + overlay_file(b"last.txt", b"second"))
+    found, _ = members(PeInstallerUnpacker().children(exe, "s", UnpackLimits()))
+    assert found == {"s!one.txt": b"first"}  # as clamscan (see test_installers_match_clamscan)
+
+
 def test_plain_executable_at_the_recursion_limit_reports_nothing(db) -> None:  # noqa: ANN001
     result = scan(db, tiny_pe(b""), max_recursion=1, alert_exceeds_max=True)
     assert not result.detections and "max-recursion" not in result.limits
@@ -381,3 +394,28 @@ def test_msi_stream_names() -> None:
     assert msi_stream_name("\u410d\u4137\u4781\u4126\u4825") == "Data1.cab"
     assert msi_stream_name("\u4840\u47ff\u4800") == "!__0"
     assert msi_stream_name("\x05SummaryInformation") == "\x05SummaryInformation"
+
+
+# ---------------------------------------------------------------------------------- clamscan parity
+def test_installers_match_clamscan(tmp_path: Path, shared_cache_dir: Path) -> None:
+    """The builders above make what clamscan 1.4.6 reads: each sample hides the canary in a gzip
+    member (so only an unpacker finds it) and clamscan and Bastion agree on every one."""
+    hidden = gzip.compress(INFECTED, mtime=0)
+    samples = {
+        "nsis_deflate.exe": nsis_exe(nsis_data([b"clean file", hidden], "deflate")),
+        "nsis_stored.exe": nsis_exe(nsis_data([b"clean file", hidden], "stored")),
+        "nsis_lzma.exe": nsis_exe(nsis_data([b"clean file", hidden], "lzma")),
+        "nsis_lzma_solid.exe": nsis_exe(nsis_data([b"clean file", hidden], "lzma", solid=True)),
+        "is_msi.exe": nsis_exe(ishield_msi({b"a.bin": hidden, b"b.txt": b"hello"})),
+        "is_cab.exe": ishield_cab_exe({b"app.bin": hidden, b"x.dll": b"y" * 3000}),
+        "is_overlay.exe": tiny_pe(overlay_file(b"app.gz", hidden) + overlay_file(b"readme.txt", b"hello")),
+        "is_overlay_last.exe": tiny_pe(overlay_file(b"readme.txt", b"hello") + overlay_file(b"app.gz", hidden)),
+        "plain.exe": tiny_pe(b""),
+    }
+    for name, data in samples.items():
+        assert CANARY not in data
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "canary.ndb").write_text(f"Installer.Canary:0:*:{CANARY.hex()}\n")
+    pair = run_both(["--no-summary", "-d", "canary.ndb", *samples], tmp_path, shared_cache_dir)
+    assert pair.bastion.infected == pair.clam.infected, pair.report()
+    assert pair.clam.infected == {n for n in samples if n not in ("is_overlay_last.exe", "plain.exe")}, pair.report()

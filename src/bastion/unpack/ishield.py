@@ -6,11 +6,13 @@ bytes; at 264 the u64 size of its data) and the data: zlib, obfuscated byte by b
 swapped, then XORed with the name XORed with ``EC CA 79 F8``, the key index wrapping at 1024).
 
 **Older** installers keep their files in the executable's overlay, each as four NUL-terminated
-strings (name, path, version, decimal size) and the bytes.  Files named ``data1.hdr`` and
-``data<N>.cab`` are *InstallShield cabinets*: the header (magic ``ISc(``) lists every file with its
-size, compressed size, cabinet number and offset in that cabinet; a file's data is a run of chunks,
-each a u16 length and a raw-deflate stream of its own.  The cabinets' files are extracted, then
-the header and cabinets themselves are scanned as they are (as ClamAV does).
+strings (name, path, version, decimal size) and the bytes.  As in clamscan 1.4.6, the list ends
+before a file whose bytes reach the end of the data (checked: clamscan does not extract it).  Files
+named ``data1.hdr`` and ``data<N>.cab`` are *InstallShield cabinets*: the header (magic ``ISc(``)
+lists every file with its size, compressed size, cabinet number and offset in that cabinet; a
+file's data is a run of chunks, each a u16 length and a raw-deflate stream of its own.  The
+cabinets' files are extracted, then the header and cabinets themselves are scanned as they are
+(as ClamAV does).
 
 Limits: ``max_files`` files, ``max_filesize`` and the ratio bound per file (a compressed size above
 ``max_filesize`` is skipped, as in ClamAV), every read checked against the data.
@@ -156,7 +158,7 @@ def overlay_members(data: bytes, pos: int, limits: UnpackLimits) -> Iterator[tup
         if not size_text or not size_text.isdigit() or len(size_text) > 19:
             break
         size = int(size_text)
-        if at + size > len(data) or size >= len(data) - pos:
+        if at + size >= len(data):  # ClamAV stops at a file that ends at the end of the data too
             break
         count += 1
         if count > limits.max_files:
