@@ -469,15 +469,21 @@ class Engine:
         deeper = ctx.depth + (1 if unpacker.counts_as_level else 0)
         # compression layers do not count as levels (as in clamscan), but a gzip of a gzip of ... is
         # still bounded: at most as many compression layers again as levels
-        if deeper >= opts.max_recursion or len(ctx.parents) >= 2 * opts.max_recursion:
-            self._limit(result, "max-recursion", f"{ctx.path or result.name}: nested deeper than {opts.max_recursion}")
-            return
         budget = ctx.budget
         limits = UnpackLimits(max_files=opts.max_files, max_recursion=opts.max_recursion,
                               max_scansize=opts.max_scansize, max_filesize=opts.max_filesize, max_ratio=opts.max_ratio)
         path = ctx.path or result.name
         found = result.detections
         children = unpacker.children(data, path, limits)
+        if deeper >= opts.max_recursion or len(ctx.parents) >= 2 * opts.max_recursion:
+            # only an object that has members is too deep (every executable is looked into for an
+            # installer, and most hold none)
+            if any(isinstance(c, ChildObject) for c in children):
+                self._limit(result, "max-recursion", f"{path}: nested deeper than {opts.max_recursion}")
+            close = getattr(children, "close", None)
+            if close is not None:
+                close()
+            return
         position = 0
         try:
             for child in children:

@@ -4,7 +4,8 @@ malformed file raises, it cannot crash the process).
 
 Children, each named by its path inside the file (``doc.doc!ObjectPool/_1279313719/Ole10Native``):
 
-* every stream, as stored;
+* every stream, as stored (an MSI file's packed stream names unpacked: ``clam.msi!Data1.cab``, a
+  cabinet, which the archive unpacker then opens);
 * ``.../Ole10Native!native``: the file an OLE1 "Package" object carries (label, path, then the
   file's own bytes);
 * ``PowerPoint Document!ExOleObjStg<n>``: embedded OLE objects of a PowerPoint file, inflated when
@@ -24,6 +25,29 @@ from collections.abc import Iterator
 from bastion.unpack.base import ChildObject, LimitExceeded, UnpackLimits, register
 
 MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+
+
+# MSI (Windows Installer) files are OLE2 files whose stream names are packed: each character in
+# U+3800..U+47FF holds two characters of this alphabet (low six bits first), one in U+4800..U+483F
+# holds one, and U+4840 marks a table ("!Media")
+_MSI_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz._"
+
+
+def msi_stream_name(name: str) -> str:
+    """An MSI stream name unpacked (``"\u410d\u4137..."`` -> ``"Data1.cab"``); other names unchanged."""
+    out = []
+    for ch in name:
+        code = ord(ch)
+        if 0x3800 <= code < 0x4800:
+            code -= 0x3800
+            out.append(_MSI_ALPHABET[code & 0x3F] + _MSI_ALPHABET[code >> 6])
+        elif 0x4800 <= code < 0x4840:
+            out.append(_MSI_ALPHABET[code - 0x4800])
+        elif code == 0x4840:
+            out.append("!")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 class VbaError(ValueError):
@@ -172,7 +196,8 @@ class Ole2Unpacker:
         for parts in entries:
             raw_name = "/".join(parts)
             # shown without the control characters OLE2 puts in front of some names ("\x01Ole10Native")
-            name = "/".join(p.lstrip("".join(map(chr, range(1, 32)))) or p for p in parts)
+            # (MSI stream names unpacked, see msi_stream_name)
+            name = "/".join(msi_stream_name(p.lstrip("".join(map(chr, range(1, 32))))) or p for p in parts)
             count += 1
             if count > limits.max_files:
                 yield LimitExceeded("max-files", f"more than {limits.max_files} OLE2 streams")

@@ -1,11 +1,15 @@
 """Which unpacker opens which file type: imports the plug-in modules (each registers itself in
-``base.py``) once, under a lock, and answers lookups.  The engine asks only this module."""
+``base.py``) once, under a lock, and answers lookups.  The engine asks only this module.
+
+Several plug-ins may open the same type (an executable holds an installer's files, and may also be
+packed): the engine then gets one :class:`_Chain` that yields the children of each in turn."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 
-from bastion.unpack.base import Unpacker, registered
+from bastion.unpack.base import ChildObject, LimitExceeded, Unpacker, UnpackLimits, registered
 
 _LOADED = False
 _LOAD_LOCK = threading.Lock()
@@ -22,14 +26,29 @@ def load_plugins() -> None:
     with _LOAD_LOCK:
         if _LOADED:
             return
-        from bastion.unpack import archive, binhex, compressed, html, mail, ole2, pdf, rtf, szdd, tnef  # noqa: F401 - for their registration
+        from bastion.unpack import archive, binhex, compressed, html, mail, ole2, pdf, pe_installers, rtf, szdd, tnef  # noqa: F401 - for their registration
 
         _LOADED = True
 
 
+class _Chain:
+    """The plug-ins that open one type, run one after the other on the same object.  Their children
+    are one level deeper if any plug-in's are."""
+
+    def __init__(self, members: list[Unpacker]) -> None:
+        self.members = members
+        self.handles = frozenset().union(*(m.handles for m in members))
+        self.counts_as_level = any(m.counts_as_level for m in members)
+
+    def children(self, data: bytes | memoryview, container_path: str,
+                 limits: UnpackLimits) -> Iterator[ChildObject | LimitExceeded]:
+        for member in self.members:
+            yield from member.children(data, container_path, limits)
+
+
 def unpacker_for(file_type: str) -> Unpacker | None:
     load_plugins()
-    for unpacker in registered():
-        if file_type in unpacker.handles:
-            return unpacker
-    return None
+    members = [u for u in registered() if file_type in u.handles]
+    if len(members) > 1:
+        return _Chain(members)
+    return members[0] if members else None
