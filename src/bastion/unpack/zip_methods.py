@@ -2,8 +2,8 @@
 
 libarchive reads every zip (unpack/libarchive_reader.py); when it reports a member's method as
 unsupported, the reader asks :class:`ZipFallback` for that member.  This module finds it in the
-central directory (APPNOTE.TXT 4.3.12-4.3.16, zip64 extra field 4.5.3), reads its local header
-(4.3.7) for where the data starts, and decodes it: implode with Bastion's own decoder
+central directory (APPNOTE.TXT 4.3.12-4.3.16, zip64 extra field 4.5.3), or by walking the local
+headers (4.3.7) when a truncated zip has none, and decodes it: implode with Bastion's own decoder
 (unpack/implode.py), deflate64 with the ``inflate64`` package (LGPL-2.1-or-later, zlib's infback9
 made into a Python module; it runs only in the sandboxed unpacker process, like libarchive).
 
@@ -89,6 +89,26 @@ def central_directory(data: bytes) -> list[ZipEntry]:
     return entries
 
 
+def local_headers(data: bytes) -> list[ZipEntry]:
+    """The members found by walking local headers from the start, for a zip whose central directory
+    is missing (cut short): sizes from the local header, or up to the end when they are deferred to a
+    data descriptor (flag bit 3)."""
+    entries: list[ZipEntry] = []
+    pos = 0
+    while data[pos:pos + 4] == _LOCAL and pos + 30 <= len(data):
+        flags, method, crc, packed, size, name_len, extra_len = struct.unpack_from("<2H4x3I2H", data, pos + 6)
+        raw_name = data[pos + 30:pos + 30 + name_len]
+        extra = data[pos + 30 + name_len:pos + 30 + name_len + extra_len]
+        size, packed, _ = _zip64_sizes(extra, size, packed, 0)
+        start = pos + 30 + name_len + extra_len
+        if flags & 8:
+            packed, size = len(data) - start, 0xFFFFFFFF
+        name = raw_name.decode("utf-8" if flags & 0x800 else "cp437", "replace")
+        entries.append(ZipEntry(name, flags, method, crc, packed, size, pos))
+        pos = start + packed
+    return entries
+
+
 def _inflate64(packed: bytes, cap: int) -> tuple[bytes, str | None]:
     """Deflate64 data decoded up to ``cap`` + 1 bytes, and what went wrong, if anything."""
     try:
@@ -143,7 +163,9 @@ def decode_member(data: bytes, entry: ZipEntry, container_path: str,
             return
     if problem is None and len(packed) < entry.packed_size:
         problem = "truncated"
-    if problem is None and len(out) == entry.size and zlib.crc32(out) != entry.crc:
+    if problem is None and len(out) != entry.size:
+        problem = f"decoded to {len(out)} bytes, the central directory says {entry.size}"
+    if problem is None and zlib.crc32(out) != entry.crc:
         problem = "CRC mismatch"
     if problem is not None:
         yield LimitExceeded("broken", f"{name}: {problem}")
@@ -160,7 +182,7 @@ class ZipFallback:
         try:
             entries = central_directory(data)
         except (ValueError, struct.error):
-            entries = []
+            entries = local_headers(data)
         self.pending = [e for e in entries if e.method in METHODS]
 
     def take(self, name: str, method: int) -> ZipEntry | None:
