@@ -57,6 +57,8 @@ ensure_debian_peers() {
     command -v zip >/dev/null 2>&1 || missing+=(zip)
     # qemu's user-mode emulator: compiled databases are checked byte-identical on other CPU families
     command -v qemu-x86_64 >/dev/null 2>&1 || missing+=(qemu-user)
+    # the arj tool makes real ARJ archives (every method) for the ARJ unpacker's tests
+    command -v arj >/dev/null 2>&1 || missing+=(arj)
     ensure_native_libs
     if [ "${#missing[@]}" -gt 0 ]; then
         echo "== installing Debian peers: ${missing[*]}"

@@ -26,11 +26,7 @@ NOT_YET = {
     "clam-aspack.exe": PACKED, "clam-mew.exe": PACKED, "clam-pespin.exe": PACKED, "clam-petite.exe": PACKED,
     "clam-upack.exe": PACKED, "clam-upx.exe": PACKED, "clam-wwpack.exe": PACKED, "clam-yc.exe": PACKED,
     "clam.ea05.exe": "AutoIt scripts are not unpacked yet", "clam.ea06.exe": "AutoIt scripts are not unpacked yet",
-    "clam.arj": "ARJ is not read by libarchive; no ARJ unpacker yet",
     "clam.chm": "CHM is not read by libarchive; no CHM unpacker yet",
-    "clam.impl.zip": "zip's implode method is not supported by libarchive",
-    "clam.d64.zip": "zip's deflate64 method is not supported by libarchive",
-    "clam.sis": "Symbian SIS is not unpacked yet",
 }
 # Detected from their own bytes, but clamscan also extracts the embedded clam.exe (and so also
 # reports its hash): the verdict agrees, the -z list is a subset until the unpacker exists.

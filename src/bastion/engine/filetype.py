@@ -41,7 +41,10 @@ _CONTAINER_MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"(This file must be converted with BinHex", "CL_TYPE_BINHEX"),
     (b"{\\rtf", "CL_TYPE_RTF"),
     (b"\x78\x9f\x3e\x22", "CL_TYPE_TNEF"),
+    (b"\x60\xea", "CL_TYPE_ARJ"),
 )
+# Symbian SIS (pre-9): ClamAV finds the third UID within bytes 8..23 (filetypes_int.h "1:8,12:19040010")
+_SIS_UID3 = b"\x19\x04\x00\x10"
 
 # target type -> the ClamAV types a signature with that target may match (libclamav matcher.h)
 TARGET_TYPES: dict[int, frozenset[str]] = {
@@ -103,6 +106,8 @@ def detect_type(data: bytes | memoryview) -> str:
     for magic, name in _CONTAINER_MAGIC:
         if head.startswith(magic):
             return name
+    if _SIS_UID3 in head[8:24]:
+        return "CL_TYPE_SIS"
     if head[257:262] == b"ustar":
         return "CL_TYPE_POSIX_TAR"
     if is_text(head):

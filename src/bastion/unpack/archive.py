@@ -13,8 +13,9 @@ libarchive is C code parsing hostile input, and the test corpus found inputs tha
 a memory cap and a time limit; a crash there is reported as "broken" and the worker restarted.
 
 Per member: at most ``max_filesize`` bytes (then "max-filesize") and ``max_ratio`` times its
-compressed share; entries that libarchive cannot decode (encrypted, an unsupported method such as
-zip's implode or deflate64) are reported ("encrypted", "unsupported") and the rest go on.  A corrupt
+compressed share; entries that libarchive cannot decode (encrypted, an unknown method) are reported
+("encrypted", "unsupported") and the rest go on.  Zip members in implode or deflate64 compression,
+which libarchive does not decode, are decoded by unpack/zip_methods.py in the same worker.  A corrupt
 or truncated archive yields the members read so far and "broken".
 """
 

@@ -6,11 +6,15 @@ packed): the engine then gets one :class:`_Chain` that yields the children of ea
 
 from __future__ import annotations
 
+import importlib
 import threading
 from collections.abc import Iterator
 
 from bastion.unpack.base import ChildObject, LimitExceeded, Unpacker, UnpackLimits, registered
 
+# the plug-in modules beside this one
+PLUGINS = ("archive", "arj", "binhex", "compressed", "html", "mail", "ole2", "pdf", "pe_installers", "rtf", "sis",
+           "szdd", "tnef")
 _LOADED = False
 _LOAD_LOCK = threading.Lock()
 
@@ -26,7 +30,8 @@ def load_plugins() -> None:
     with _LOAD_LOCK:
         if _LOADED:
             return
-        from bastion.unpack import archive, binhex, compressed, html, mail, ole2, pdf, pe_installers, rtf, szdd, tnef  # noqa: F401 - for their registration
+        for module in PLUGINS:  # each registers itself when imported
+            importlib.import_module(f"bastion.unpack.{module}")
 
         _LOADED = True
 
