@@ -28,7 +28,6 @@ NOT_YET = {
     "clam-nsis.exe": "NSIS installers are not unpacked yet",
     "clam.ea05.exe": "AutoIt scripts are not unpacked yet", "clam.ea06.exe": "AutoIt scripts are not unpacked yet",
     "clam.arj": "ARJ is not read by libarchive; no ARJ unpacker yet",
-    "clam.chm": "CHM is not read by libarchive; no CHM unpacker yet",
     "clam.impl.zip": "zip's implode method is not supported by libarchive",
     "clam.d64.zip": "zip's deflate64 method is not supported by libarchive",
     "clam.sis": "Symbian SIS is not unpacked yet",

@@ -41,6 +41,7 @@ _CONTAINER_MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"(This file must be converted with BinHex", "CL_TYPE_BINHEX"),
     (b"{\\rtf", "CL_TYPE_RTF"),
     (b"\x78\x9f\x3e\x22", "CL_TYPE_TNEF"),
+    (b"ITSF", "CL_TYPE_MSCHM"),
 )
 
 # target type -> the ClamAV types a signature with that target may match (libclamav matcher.h)

@@ -22,7 +22,7 @@ def load_plugins() -> None:
     with _LOAD_LOCK:
         if _LOADED:
             return
-        from bastion.unpack import archive, binhex, compressed, html, mail, ole2, pdf, rtf, szdd, tnef  # noqa: F401 - for their registration
+        from bastion.unpack import archive, binhex, chm, compressed, html, mail, ole2, pdf, rtf, szdd, tnef  # noqa: F401 - for their registration
 
         _LOADED = True
 
