@@ -400,6 +400,9 @@ def chm_of(stored: dict[str, bytes], compressed: dict[str, bytes], *, window_bit
         section0 += body
     pos = 0
     for name, body in compressed.items():
+        if name.endswith("/"):  # a directory: an empty entry
+            entries.append((name, 0, 0, 0))
+            continue
         entries.append((name, 1, pos, len(body)))
         pos += len(body)
     chunks: list[bytearray] = []

@@ -39,6 +39,7 @@ CONTROL = "::DataSpace/Storage/MSCompressed/ControlData"
 SPANINFO = "::DataSpace/Storage/MSCompressed/SpanInfo"
 RESET_TABLE = ("::DataSpace/Storage/MSCompressed/Transform/{7FC28940-9D31-11D0-9B27-00A0C91E9C7C}/"
                "InstanceData/ResetTable")
+_SECTION1_FILES = frozenset({CONTENT, CONTROL, SPANINFO, RESET_TABLE})
 # Bounds on the directory: larger values are treated as damage, not read
 MAX_CHUNK_SIZE = 1 << 20
 MAX_DIRECTORY = 64 << 20
@@ -83,9 +84,11 @@ def _encint(chunk: bytes, pos: int, end: int) -> tuple[int, int]:
     raise ChmError("directory entry has an over-long number")
 
 
-def read_directory(data: bytes) -> tuple[list[Entry], int, list[str]]:
+def read_directory(data: bytes, max_members: int = 1 << 62) -> tuple[list[Entry], int, list[str]]:
     """The entries of every listing chunk, in order, the offset of content section 0, and the
-    problems met (a damaged chunk is skipped, the others are still read)."""
+    problems met (a damaged chunk is skipped, the others are still read).  Kept: the ``::`` entries
+    section 1 needs and at most ``max_members`` of the entries clamscan scans (memory stays bounded
+    however many a directory lists)."""
     if not data.startswith(MAGIC):
         raise ChmError("not an ITSF file")
     version = _u32(data, 4)
@@ -109,6 +112,7 @@ def read_directory(data: bytes) -> tuple[list[Entry], int, list[str]]:
             return [], content_off, problems
         last = min(max(first, last), count - 1)
     entries: list[Entry] = []
+    kept = 0
     start = dir_off + itsp_len
     for number in range(first, last + 1):
         chunk = data[start + number * chunk_size:start + (number + 1) * chunk_size]
@@ -129,7 +133,10 @@ def read_directory(data: bytes) -> tuple[list[Entry], int, list[str]]:
                 section, pos = _encint(chunk, pos, end)
                 offset, pos = _encint(chunk, pos, end)
                 length, pos = _encint(chunk, pos, end)
-                entries.append(Entry(name, section, offset, length))
+                entry = Entry(name, section, offset, length)
+                if name in _SECTION1_FILES or (scanned(entry) and kept < max_members):
+                    kept += not name.startswith("::")
+                    entries.append(entry)
         except ChmError as exc:
             problems.append(f"listing chunk {number}: {exc}")
     return entries, content_off, problems
@@ -211,7 +218,8 @@ class ChmUnpacker:
                  limits: UnpackLimits) -> Iterator[ChildObject | LimitExceeded]:
         raw = bytes(data)
         try:
-            entries, content_off, problems = read_directory(raw)
+            # one member more than max-files: enough to report that the limit was reached
+            entries, content_off, problems = read_directory(raw, limits.max_files + 1)
         except ChmError as exc:
             yield LimitExceeded("broken", f"CHM: {exc}")
             return
