@@ -42,6 +42,7 @@ _CONTAINER_MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"{\\rtf", "CL_TYPE_RTF"),
     (b"\x78\x9f\x3e\x22", "CL_TYPE_TNEF"),
     (b"\x60\xea", "CL_TYPE_ARJ"),
+    (b"ITSF", "CL_TYPE_MSCHM"),
 )
 # Symbian SIS (pre-9): ClamAV finds the third UID within bytes 8..23 (filetypes_int.h "1:8,12:19040010")
 _SIS_UID3 = b"\x19\x04\x00\x10"
