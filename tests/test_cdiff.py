@@ -10,6 +10,7 @@ Where Bastion is deliberately stricter than ClamAV it is said next to the case.
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -215,3 +216,29 @@ def test_the_real_cdiff_key_is_clamavs() -> None:
     assert str(cvd.CDIFF_KEY.modulus).startswith("14783905874077467090262228516557917570254599638376")
     assert str(cvd.CDIFF_KEY.modulus).endswith("2198117811990006021989844180721010947")
     assert cvd.CDIFF_KEY.exponent == 100002053
+
+
+CLAMAV_SOURCE = os.environ.get("BASTION_CLAMAV_SOURCE", "")
+VECTORS = Path(CLAMAV_SOURCE) / "unit_tests" / "input" / "freshclam_testfiles"
+
+
+@pytest.mark.skipif(not (CLAMAV_SOURCE and VECTORS.is_dir()),
+                    reason="set BASTION_CLAMAV_SOURCE to a ClamAV source checkout for its real-signed test files")
+def test_clamavs_own_signed_cdiffs(tmp_path: Path) -> None:
+    """ClamAV's freshclam test files, signed with ClamAV's real keys: test-1.cvd patched with
+    test-2..6.cdiff must give test-6.cvd's files, and clamscan must load the .cld built from them."""
+    base = open_container(str(VECTORS / "test-1.cvd"))  # ClamAV's real keys, nothing swapped
+    work = tmp_path / "work"
+    work.mkdir()
+    cld.unpack(base, str(work))
+    for version in range(2, 7):
+        apply_script(read_cdiff((VECTORS / f"test-{version}.cdiff").read_bytes(), version).script, str(work))
+    data = cld.build_cld(str(work), "test")
+    rebuilt = open_container("test.cld", data)
+    assert dict(rebuilt.members) == dict(open_container(str(VECTORS / "test-6.cvd")).members)
+    if shutil.which("clamscan"):
+        (tmp_path / "db").mkdir()
+        (tmp_path / "db" / "test.cld").write_bytes(data)
+        r = subprocess.run(["clamscan", "--debug", "--no-summary", "-d", str(tmp_path / "db"), str(tmp_path / "db")],
+                           capture_output=True, text=True, timeout=120)
+        assert "test.cld loaded" in r.stdout + r.stderr
