@@ -215,6 +215,7 @@ def test_a_cdiff_problem_falls_back_to_the_whole_cvd(tmp_path: Path, mirror, key
     assert update.run(["--config", str(config), "--store", store_dir]) == 1
     assert sorted(p.name for p in kept.iterdir()) == ["daily.cvd"] and (kept / "daily.cvd").read_bytes() == old
     assert _names(store_dir, b"x mirror daily one x") == ["Mirror.Daily.One"]  # the old database untouched
+    assert "and before that, incremental update failed" in (Path(store_dir) / "sources" / "clamav.json").read_text()
 
     (root / "daily.cvd").write_bytes(cvds[7])
     requests.clear()

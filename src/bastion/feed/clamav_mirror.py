@@ -164,6 +164,7 @@ def fetch_mirror(mirrors: list[str], databases: list[str], into: str,
             if not url.startswith(("http://", "https://")):
                 problems.append(f"{url}: only http and https mirrors")
                 continue
+            how = ""
             try:
                 remote = read_header(_get(url, head_only=True), db).version
                 local = _local(into, db)
@@ -187,7 +188,8 @@ def fetch_mirror(mirrors: list[str], databases: list[str], into: str,
                 notes.append(f"{db} {local.version if local else 'none'} -> {container.header.version}: {how}")
                 break
             except (OSError, urllib.error.URLError, ContainerError, MirrorError, ValueError) as exc:
-                problems.append(f"{url}: {exc}")
+                problems.append(f"{url}: {exc}" + (f" (and before that, {how.split(': downloaded')[0]})"
+                                                   if how.startswith("incremental") else ""))
         else:
             raise MirrorError("; ".join(problems))
     return versions
