@@ -93,15 +93,7 @@ def _gather(src: Source, store: DatabaseStore, state: SourceState, into: str, ow
         if not os.path.isdir(folder):
             raise SourceError(f"{folder}: no such folder")
     elif src.kind == "clamav-mirror":
-        from bastion.feed.clamav_mirror import DEFAULT_DATABASES, fetch_mirror, mirrors_from_freshclam
-
-        folder = os.path.join(store.root, "feeds", src.name, "cvd")
-        os.makedirs(folder, exist_ok=True)
-        mirrors = [src.url] if src.url else mirrors_from_freshclam(src.freshclam)
-        known = state.get(src.name).get("versions", {})
-        versions = fetch_mirror(mirrors, list(src.databases or DEFAULT_DATABASES), folder, known)
-        state.remember(src.name, versions=versions)
-        summary = "verified " + ", ".join(f"{db} {v}" for db, v in versions.items())
+        folder, summary = _clamav_mirror(src, store, state, into, owner)
     count = 0
     for name in sorted(os.listdir(folder)):
         path = os.path.join(folder, name)
@@ -111,6 +103,45 @@ def _gather(src: Source, store: DatabaseStore, state: SourceState, into: str, ow
             owner[staged] = src.name
             count += 1
     return f"{summary}, {count} files"
+
+
+def _clamav_mirror(src: Source, store: DatabaseStore, state: SourceState, into: str,
+                   owner: dict[str, str]) -> tuple[str, str]:
+    """A ClamAV mirror's containers (patched with cdiffs where it can) in the source's ``cvd``
+    folder, and its custom URLs' files staged into ``into``; returns (the folder, a summary)."""
+    from bastion.feed.clamav_mirror import DEFAULT_DATABASES, fetch_mirror, mirrors_from_freshclam
+    from bastion.feed.custom_urls import fetch_custom_urls, urls_from_freshclam
+
+    folder = os.path.join(store.root, "feeds", src.name, "cvd")
+    os.makedirs(folder, exist_ok=True)
+    mirrors = [src.url] if src.url else list(src.mirrors or [])
+    urls = list(src.custom_urls or [])
+    if src.freshclam:
+        mirrors = mirrors or mirrors_from_freshclam(src.freshclam)
+        urls += urls_from_freshclam(src.freshclam)
+    parts = []
+    if urls:  # each URL stands alone: a failing one is reported, its last good copy kept
+        custom_folder = os.path.join(store.root, "feeds", src.name, "custom")
+        custom = fetch_custom_urls(urls, custom_folder, state.get(src.name).get("custom_urls", {}))
+        state.remember(src.name, custom_urls=custom.cache, custom_url_problems=custom.problems)
+        for problem in custom.problems:
+            sys.stderr.write(f"warning: {src.name}: custom URL {problem}\n")
+        for name in sorted(os.listdir(custom_folder)):
+            path = os.path.join(custom_folder, name)
+            if os.path.isfile(path) and not name.startswith("."):
+                staged = name if name.endswith((".cvd", ".cld", ".cud")) else f"{src.name}--{name}"
+                shutil.copyfile(path, os.path.join(into, staged))
+                owner[staged] = src.name
+        parts.append(f"{len(custom.cache)} of {len(urls)} custom URLs"
+                     + "".join(f"; {note}" for note in custom.notes)
+                     + (f"; {len(custom.problems)} failed" if custom.problems else ""))
+    if mirrors or not urls:
+        notes: list[str] = []
+        versions = fetch_mirror(mirrors, list(src.databases or DEFAULT_DATABASES), folder, notes)
+        state.remember(src.name, versions=versions, updates=notes)
+        parts.insert(0, "verified " + ", ".join(f"{db} {v}" for db, v in versions.items())
+                     + "".join(f" ({note})" for note in notes))
+    return folder, "; ".join(parts)
 
 
 def run(argv: list[str] | None = None) -> int:

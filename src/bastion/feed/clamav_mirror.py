@@ -5,7 +5,12 @@ For each database the first 512 bytes (an HTTP Range request) give the CVD heade
 version, with no DNS TXT lookup; the container is downloaded only when that version is new, with a
 size cap, and is verified exactly as the loader verifies it (MD5 and ClamAV's RSA signature, the
 ``.info`` member list) before it is kept.  Mirrors are tried in order (``url``, or freshclam.conf's
-``PrivateMirror`` and ``DatabaseMirror`` lines).  Not done yet: ``.cdiff`` incremental updates.
+``PrivateMirror`` and ``DatabaseMirror`` lines).
+
+A database already kept at an older version is brought up to date with the mirror's ``.cdiff``
+files, one per version, into a ``<db>.cld`` (feed/cdiff.py, feed/cld.py), as freshclam does; when
+any of them is missing or fails, the whole ``.cvd`` is downloaded instead, and the notes say so.
+Not done: ``.cdiff.sign``/``.cvd.sign`` downloads (ClamAV 1.5's PKCS#7 signatures).
 """
 
 from __future__ import annotations
@@ -13,13 +18,22 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
+from bastion.database.atomic import write_file_atomically
+from bastion.feed import cld
+from bastion.feed.cdiff import CdiffError, apply_script, read_cdiff
 from bastion.signatures.cvd import HEADER_SIZE, ContainerError, open_container, read_header
 
 MAX_CVD_BYTES = 1 << 30
+MAX_CDIFF_BYTES = 64 << 20
+# Past this many versions behind, the whole CVD is fetched (freshclam has no limit; a daily cdiff is
+# a few KiB to a few hundred, a whole daily.cvd tens of MiB: a choice, not a measurement).
+MAX_CDIFFS = 100
 DEFAULT_DATABASES = ("main", "daily", "bytecode")
 
 
@@ -78,38 +92,104 @@ def _progress(label: str, total: int | None) -> Iterator[Callable[[int], None]]:
         yield lambda n: bar.update(task, advance=n)
 
 
-def fetch_mirror(mirrors: list[str], databases: list[str], into: str, known: dict[str, int]) -> dict[str, int]:
-    """Put the newest verified ``<db>.cvd`` of each database into ``into`` (a kept copy when the
-    version is unchanged: ``known`` maps database -> version kept there).  Returns the versions."""
+@dataclass(frozen=True, slots=True)
+class _Local:
+    """The copy of a database kept from the last update: ``<db>.cvd`` or ``<db>.cld``, and its version."""
+
+    path: str
+    version: int
+
+
+def _local(into: str, db: str) -> _Local | None:
+    found = []
+    for ext in ("cvd", "cld"):
+        path = os.path.join(into, f"{db}.{ext}")
+        try:
+            with open(path, "rb") as fh:
+                found.append(_Local(path, read_header(fh.read(HEADER_SIZE), db).version))
+        except (OSError, ContainerError):
+            continue
+    return max(found, key=lambda k: k.version, default=None)
+
+
+def _replace_copy(into: str, db: str, name: str, data: bytes) -> None:
+    """Put the new ``<db>.cvd``/``<db>.cld`` in place, then remove the other kind (never before)."""
+    write_file_atomically(os.path.join(into, name), data)
+    for ext in ("cvd", "cld"):
+        other = os.path.join(into, f"{db}.{ext}")
+        if other != os.path.join(into, name) and os.path.exists(other):
+            os.unlink(other)
+
+
+def _by_cdiffs(base: str, db: str, local: _Local, remote: int, into: str) -> None:
+    """Bring ``local`` to version ``remote`` with ``<db>-<N>.cdiff`` files (as freshclam does): each
+    verified and applied to the unpacked container in a private folder, then ``<db>.cld`` rebuilt,
+    verified like any container, and only then put in place.  Raises on any failure."""
+    if remote - local.version > MAX_CDIFFS:
+        raise MirrorError(f"{remote - local.version} versions behind (over {MAX_CDIFFS} cdiffs)")
+    container = open_container(local.path)
+    with tempfile.TemporaryDirectory(prefix=".cdiff-", dir=into) as work:
+        cld.unpack(container, work)
+        for version in range(local.version + 1, remote + 1):
+            name = f"{db}-{version}.cdiff"
+            try:
+                data = _get(f"{base}/{name}", limit=MAX_CDIFF_BYTES)
+                apply_script(read_cdiff(data, version).script, work)
+            except (OSError, CdiffError, MirrorError) as exc:
+                raise MirrorError(f"{name}: {exc}") from None
+        data = cld.build_cld(work, db)
+    built = open_container(f"{db}.cld", data)  # the .info signature and every member's size and SHA-256
+    if built.header.version != remote:
+        raise MirrorError(f"the patched {db}.cld is version {built.header.version}, not {remote}")
+    _replace_copy(into, db, f"{db}.cld", data)
+
+
+def fetch_mirror(mirrors: list[str], databases: list[str], into: str,
+                 notes: list[str] | None = None) -> dict[str, int]:
+    """Keep the newest verified copy of each database in ``into`` and return the versions.
+
+    A database already there at version N with the mirror at M > N is patched with
+    ``<db>-<N+1>.cdiff`` .. ``<db>-<M>.cdiff`` into ``<db>.cld``; when that fails (a cdiff missing,
+    refused or not applying) the whole ``<db>.cvd`` is downloaded instead.  ``notes`` gets one line
+    per database that changed, saying how."""
     if not mirrors:
         raise MirrorError("no mirror: give url or a freshclam.conf with DatabaseMirror")
+    notes = notes if notes is not None else []
     versions: dict[str, int] = {}
     for db in databases:
         problems = []
         for mirror in mirrors:
-            url = f"{mirror.rstrip('/')}/{db}.cvd"
+            base = mirror.rstrip("/")
+            url = f"{base}/{db}.cvd"
             if not url.startswith(("http://", "https://")):
                 problems.append(f"{url}: only http and https mirrors")
                 continue
+            how = ""
             try:
-                head = _get(url, head_only=True)
-                version = read_header(head, db).version
-                target = os.path.join(into, f"{db}.cvd")
-                if known.get(db) == version and os.path.exists(target):
-                    versions[db] = version
+                remote = read_header(_get(url, head_only=True), db).version
+                local = _local(into, db)
+                if local is not None and local.version >= remote:
+                    versions[db] = local.version
                     break
+                how = "downloaded whole"
+                if local is not None:
+                    try:
+                        _by_cdiffs(base, db, local, remote, into)
+                        count = remote - local.version
+                        notes.append(f"{db} {local.version} -> {remote} by {count} cdiff{'s' * (count > 1)}")
+                        versions[db] = remote
+                        break
+                    except (OSError, urllib.error.URLError, ContainerError, MirrorError, ValueError) as exc:
+                        how = f"incremental update failed ({exc}): downloaded {db}.cvd whole"
                 data = _get(url)
-                open_container(f"{db}.cvd", data)  # MD5, signature, member list: or ContainerError
-                tmp = target + ".part"
-                with open(tmp, "wb") as fh:
-                    fh.write(data)
-                os.replace(tmp, target)
-                versions[db] = version
+                container = open_container(f"{db}.cvd", data)  # MD5, signature, member list: or ContainerError
+                _replace_copy(into, db, f"{db}.cvd", data)
+                versions[db] = container.header.version
+                notes.append(f"{db} {local.version if local else 'none'} -> {container.header.version}: {how}")
                 break
             except (OSError, urllib.error.URLError, ContainerError, MirrorError, ValueError) as exc:
-                problems.append(f"{url}: {exc}")
+                problems.append(f"{url}: {exc}" + (f" (and before that, {how.split(': downloaded')[0]})"
+                                                   if how.startswith("incremental") else ""))
         else:
             raise MirrorError("; ".join(problems))
     return versions
-
-

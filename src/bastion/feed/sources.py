@@ -9,16 +9,20 @@
     url = "https://..."         # feed: the feed's address
     trust = "root.json"         # feed: its root.json, the first time
     path = "/srv/rules"         # folder: signature files or YARA rules; hashlist: the list file
-    freshclam = "/etc/clamav/freshclam.conf"   # clamav-mirror: its mirrors (or url = a mirror)
+    freshclam = "/etc/clamav/freshclam.conf"   # clamav-mirror: its mirrors and DatabaseCustomURL lines
+    mirrors = ["https://a", "https://b"]       # clamav-mirror: mirrors tried in order (or url = one)
     databases = ["main", "daily"]              # clamav-mirror: default main, daily, bytecode
+    custom_urls = ["https://x/extra.ndb"]      # clamav-mirror: single files, as DatabaseCustomURL
     policy = "notify"           # this source's policy (default: [update] policy)
     priority = 10               # higher first in the staged version
 
 A hash list is a plain text export (one MD5, SHA1 or SHA256 per line, optionally followed by a name)
 or a CSV export with a header (a ``sha256``/``sha256_hash``/``md5``/``sha1`` column, and a
 ``signature`` or ``name`` column if there is one, as MalwareBazaar's exports have); it becomes an
-any-size hash database.  The state of each source (last attempt, last success, version, error) is
-kept in the store, for ``bastion status``.
+any-size hash database.  ``[update]`` may also hold ``private_mirrors``, ``mirrors`` and
+``custom_urls`` as ``bastion migrate`` writes them from freshclam.conf: they make one clamav-mirror
+source named ``freshclam`` (private mirrors first, as freshclam tries them).  The state of each
+source (last attempt, last success, version, error) is kept in the store, for ``bastion status``.
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ class Source:
     priority: int = 0
     freshclam: str = ""                 # clamav-mirror: read its mirrors from this freshclam.conf
     databases: list[str] | None = None  # clamav-mirror: default main, daily, bytecode
+    mirrors: list[str] | None = None    # clamav-mirror: several mirrors, tried in order
+    custom_urls: list[str] | None = None  # clamav-mirror: single database files (DatabaseCustomURL)
 
 
 @dataclass
@@ -75,7 +81,8 @@ def load_config(path: str) -> UpdateConfig:
     names = set()
     for i, raw in enumerate(update.get("sources", []), 1):
         where = f"{path}: [[update.sources]] #{i}"
-        unknown = set(raw) - {"name", "kind", "url", "trust", "path", "policy", "priority", "freshclam", "databases"}
+        unknown = set(raw) - {"name", "kind", "url", "trust", "path", "policy", "priority", "freshclam", "databases",
+                              "mirrors", "custom_urls"}
         if unknown:
             raise SourceError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
         src = Source(**{"policy": policy, **raw})
@@ -87,13 +94,36 @@ def load_config(path: str) -> UpdateConfig:
             raise SourceError(f"{where}: policy must be one of {', '.join(POLICIES)}")
         if src.kind == "feed" and not src.url:
             raise SourceError(f"{where}: a feed needs url")
-        if src.kind == "clamav-mirror" and not (src.url or src.freshclam):
-            raise SourceError(f"{where}: a clamav-mirror needs url or freshclam")
+        if src.kind == "clamav-mirror" and not (src.url or src.freshclam or src.mirrors or src.custom_urls):
+            raise SourceError(f"{where}: a clamav-mirror needs url, mirrors, freshclam or custom_urls")
+        for key in ("databases", "mirrors", "custom_urls"):
+            value = getattr(src, key)
+            if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                raise SourceError(f"{where}: {key} must be a list of strings")
         if src.kind in ("folder", "hashlist") and not src.path:
             raise SourceError(f"{where}: a {src.kind} needs path")
         names.add(src.name)
         sources.append(src)
+    migrated = _migrated_source(update, policy, names)
+    if migrated is not None:
+        sources.append(migrated)
     return UpdateConfig(sorted(sources, key=lambda s: -s.priority), policy, float(update.get("silent_days", 7)))
+
+
+def _migrated_source(update: dict, policy: str, names: set[str]) -> Source | None:
+    """The clamav-mirror source that ``[update]``'s freshclam.conf keys (``bastion migrate``) describe."""
+    lists = {}
+    for key in ("private_mirrors", "mirrors", "custom_urls"):
+        value = update.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise SourceError(f"[update] {key} must be a list of strings")
+        lists[key] = value
+    if not any(lists.values()):
+        return None
+    if "freshclam" in names:
+        raise SourceError("[update] mirrors/custom_urls make a source named freshclam, and another has that name")
+    mirrors = [m if "://" in m else f"https://{m}" for m in lists["private_mirrors"] + lists["mirrors"]]
+    return Source("freshclam", "clamav-mirror", policy=policy, mirrors=mirrors, custom_urls=lists["custom_urls"])
 
 
 def hashlist_to_hsb(text: str, source: str) -> tuple[str, int, int]:
