@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import os
 import re
 import shutil
 import subprocess
@@ -228,3 +229,22 @@ def test_a_cdiff_problem_falls_back_to_the_whole_cvd(tmp_path: Path, mirror, key
     assert sorted(p.name for p in kept.iterdir()) == ["daily.cvd"]
     assert (kept / "daily.cvd").read_bytes() == cvds[7]
     assert _names(store_dir, b"x mirror daily three x") == ["Mirror.Daily.Three"]
+
+
+def test_mirror_downloads_show_a_progress_bar_on_a_terminal(tmp_path: Path, mirror) -> None:  # noqa: ANN001,F811
+    """A whole-database download draws its bar on stderr when that is a terminal (stdout stays the
+    command's report), and nothing when it is not."""
+    import sys
+
+    from tests.helpers import bastion_env, run_with_stderr_on_a_terminal
+
+    root, url, _requests = mirror
+    (root / "daily.cvd").write_bytes(os.urandom(3 << 20))
+    code = ("import sys; from bastion.feed.clamav_mirror import _get; "
+            f"print(len(_get({url + '/daily.cvd'!r})))")
+    rc, out, screen = run_with_stderr_on_a_terminal([sys.executable, "-c", code], bastion_env(tmp_path / "c"))
+    assert rc == 0 and out.strip() == str(3 << 20), out + screen
+    assert "daily.cvd" in screen and "3.1 MB" in screen, screen
+    piped = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env=bastion_env(tmp_path / "c"), timeout=60)
+    assert piped.returncode == 0 and piped.stderr == "" and piped.stdout.strip() == str(3 << 20)

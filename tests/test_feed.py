@@ -249,6 +249,13 @@ trust = "{www / 'feed/metadata/root.json'}"
     r = bastion(["update", "--config", str(config)], tmp_path)
     assert "activated" in r.stdout, r.stdout
     assert detects(tmp_path, b"feed signature two") == ["Feed.Sig.Two.UNOFFICIAL"]
+    # the rules folder goes away (a share offline): its signatures stay, nothing is removed
+    shutil.move(tmp_path / "rules", tmp_path / "rules-away")
+    r = bastion(["update", "--config", str(config)], tmp_path)
+    assert r.returncode == 1 and "its 1 files in the active version are kept" in r.stderr, r.stderr
+    assert "no change" in r.stdout, r.stdout
+    assert detects(tmp_path, b"it is my own rule text") == ["YARA.Mine.UNOFFICIAL"]
+    shutil.move(tmp_path / "rules-away", tmp_path / "rules")
     # status: the failing source is named, and a source silent for too long is reported
     state = tmp_path / "cache" / "store" / "sources" / "bazaar.json"
     doc = json.loads(state.read_text())

@@ -175,7 +175,9 @@ def _update(args: argparse.Namespace, store: DatabaseStore, state: SourceState, 
         except (FeedError, SourceError, OSError, MirrorError) as exc:
             failed += 1
             state.record(src.name, False, str(exc))
-            sys.stderr.write(f"error: {src.name}: {exc}\n")
+            kept = _keep_active_files(store, src, combined, owner)
+            sys.stderr.write(f"error: {src.name}: {exc}" + (f"; its {kept} files in the active version are kept"
+                                                             if kept else "") + "\n")
             events.record("database-reload", f"source {src.name} refused: {exc}", outcome="failure",
                           process="bastion update", source=src.name)
             continue
@@ -207,6 +209,25 @@ def _update(args: argparse.Namespace, store: DatabaseStore, state: SourceState, 
                       process="bastion update", version=version.id, policy=policy)
         print(f"staged only (policy {policy}): bastion db activate {version.id}")
     return 1 if failed else 0
+
+
+def _keep_active_files(store: DatabaseStore, src: Source, combined: str, owner: dict[str, str]) -> int:
+    """A source that fails this time keeps the files it gave the active version: an outage (a vendor
+    gone, a mirror down) must not remove its signatures.  Its files are those staged under its name
+    (``name--file``) and, for a ClamAV mirror, the containers no other source gave this run."""
+    active = store.active_id()
+    if not active:
+        return 0
+    folder = store.sources_dir(active)
+    kept = 0
+    for name in sorted(os.listdir(folder)):
+        mine = name.startswith(f"{src.name}--") or (
+            src.kind == "clamav-mirror" and name.endswith((".cvd", ".cld", ".cud")) and name not in owner)
+        if mine and not os.path.exists(os.path.join(combined, name)):
+            shutil.copyfile(os.path.join(folder, name), os.path.join(combined, name))
+            owner[name] = src.name
+            kept += 1
+    return kept
 
 
 def _changes(store: DatabaseStore, combined: str, owner: dict[str, str], mirrors: list[str],

@@ -15,18 +15,16 @@ Not done: ``.cdiff.sign``/``.cvd.sign`` downloads (ClamAV 1.5's PKCS#7 signature
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from bastion.database.atomic import write_file_atomically
 from bastion.feed import cld
 from bastion.feed.cdiff import CdiffError, apply_script, read_cdiff
+from bastion.feed.progress import progress
 from bastion.signatures.cvd import HEADER_SIZE, ContainerError, open_container, read_header
 
 MAX_CVD_BYTES = 1 << 30
@@ -67,7 +65,7 @@ def _get(url: str, head_only: bool = False, limit: int = MAX_CVD_BYTES) -> bytes
             return response.read(HEADER_SIZE)
         total = int(response.headers.get("Content-Length") or 0) or None
         data = bytearray()
-        with _progress(url.rsplit("/", 1)[-1], total) as advance:
+        with progress(url.rsplit("/", 1)[-1], total) as advance:
             while len(data) <= limit:
                 piece = response.read(1 << 20)
                 if not piece:
@@ -77,19 +75,6 @@ def _get(url: str, head_only: bool = False, limit: int = MAX_CVD_BYTES) -> bytes
     if len(data) > limit:
         raise MirrorError(f"{url}: larger than {limit} bytes")
     return bytes(data)
-
-
-@contextlib.contextmanager
-def _progress(label: str, total: int | None) -> Iterator[Callable[[int], None]]:
-    """A download progress bar on a terminal (stderr); nothing otherwise."""
-    if not sys.stderr.isatty():
-        yield lambda n: None
-        return
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
-    with Progress(TextColumn(label), BarColumn(), DownloadColumn(), TransferSpeedColumn(), transient=True) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda n: bar.update(task, advance=n)
 
 
 @dataclass(frozen=True, slots=True)
