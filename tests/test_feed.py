@@ -100,6 +100,15 @@ def _refused(tmp: Path, url: str, reason: str) -> None:
     assert detects(tmp, b"feed signature two") == []
 
 
+def _force_live(www: Path) -> None:
+    """Serve a release the publisher held back for want of valid signatures, as a thief or a broken
+    mirror would: the client must refuse it."""
+    staged = www / "feed" / "metadata" / "staged"
+    for role in ("targets", "snapshot", "timestamp"):
+        shutil.copyfile(staged / f"{role}.json", www / "feed" / "metadata" / f"{role}.json")
+    shutil.copyfile(staged / "bastion-feed.json", www / "feed" / "targets" / "bastion-feed.json")
+
+
 def _first_update(tmp: Path, www: Path, url: str) -> Feed:
     feed = make_feed(www)
     feed.add([str(write(tmp / "one.ndb", SIG1))])
@@ -140,12 +149,15 @@ def test_wrong_and_revoked_keys(tmp_path: Path, server: tuple[Path, str]) -> Non
     shutil.copy(keys / "timestamp.pem", tmp_path / "old-timestamp.pem")
     shutil.copy(keys / "targets.pem", keys / "timestamp.pem")  # signed with another role's key
     feed.publish()
+    assert feed.waiting() == {"timestamp": 1}  # the publisher holds it back; served anyway:
+    _force_live(www)
     _refused(tmp_path, url, "not signed by the trusted keys")
     shutil.copy(tmp_path / "old-timestamp.pem", keys / "timestamp.pem")
     feed.rotate_key("timestamp")  # revokes the old timestamp key
     assert update(tmp_path, url).returncode == 0  # the client follows the signed rotation
     shutil.copy(tmp_path / "old-timestamp.pem", keys / "timestamp.pem")  # a thief with the revoked key
     feed.publish()
+    _force_live(www)
     r = update(tmp_path, url)
     assert r.returncode == 1 and "not signed by the trusted keys" in r.stderr
 
@@ -276,10 +288,32 @@ def test_thresholds_need_every_signature(tmp_path: Path, server: tuple[Path, str
     feed.add([str(write(tmp_path / "one.ndb", SIG1))])
     feed.publish()
     assert update(tmp_path, url).returncode == 0
+    # the second targets key lives with another person: publishing stages, clients see nothing new
+    cosigner = tmp_path / "cosigner"
+    cosigner.mkdir()
+    shutil.move(www / "feed" / "keys" / "targets.2.pem", cosigner / "targets.2.pem")
     feed.add([str(write(tmp_path / "two.ndb", SIG2))])
-    (www / "feed" / "keys" / "targets.2.pem").unlink()  # one of the two targets keys is lost (or stolen alone)
-    feed.publish()
-    _refused(tmp_path, url, "not signed by the trusted keys")
+    r = bastion(["feed", "publish", str(www / "feed")], tmp_path)
+    assert r.returncode == 0 and "staged targets version 3" in r.stdout and "targets needs 1 more" in r.stdout, r.stdout
+    assert update(tmp_path, url).returncode == 0 and detects(tmp_path, b"feed signature two") == []
+    # a key of no waiting role is refused; the co-signer's key releases it
+    r = bastion(["feed", "sign", str(www / "feed"), "--key", str(www / "feed" / "keys" / "root.pem")], tmp_path)
+    assert r.returncode == 1 and "not a key of any role waiting" in r.stderr, r.stderr
+    r = bastion(["feed", "sign", str(www / "feed"), "--key", str(cosigner / "targets.2.pem")], tmp_path)
+    assert r.returncode == 0 and "the release is published" in r.stdout, r.stdout + r.stderr
+    assert update(tmp_path, url).returncode == 0
+    assert detects(tmp_path, b"feed signature two") == ["Feed.Sig.Two.UNOFFICIAL"]
+    # metadata short of its threshold, put live by hand (a stolen single key): clients refuse it
+    staged = json.loads((www / "feed" / "metadata" / "targets.json").read_text())
+    staged["signed"]["version"] += 1
+    staged["signatures"] = staged["signatures"][:1]
+    (www / "feed" / "metadata" / "targets.json").write_text(json.dumps(staged))
+    snap = Feed(str(www / "feed"))
+    snap.publish()  # snapshot/timestamp move on; targets stays staged for want of the second key
+    _force_live(www)
+    r = update(tmp_path, url)
+    assert r.returncode == 1 and "not signed by the trusted keys" in r.stderr, r.stderr
+    assert detects(tmp_path, b"feed signature two") == ["Feed.Sig.Two.UNOFFICIAL"]  # the active version stays
 
 
 def test_a_progress_bar_on_a_terminal_only(tmp_path: Path, server: tuple[Path, str]) -> None:

@@ -4,6 +4,7 @@
     bastion feed add DIR FILE...           signature files to publish (data only)
     bastion feed remove DIR NAME...
     bastion feed publish DIR               sign: new targets, snapshot and timestamp versions
+    bastion feed sign DIR --key FILE       add a co-signer's signature to a release that waits for it
     bastion feed rotate-key DIR ROLE       replace (revoke) a role's key: a new signed root
 """
 
@@ -30,10 +31,18 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("dir")
     rm.add_argument("names", nargs="+")
     sub.add_parser("publish", help="sign and publish what is in the feed").add_argument("dir")
+    sign = sub.add_parser("sign", help="add a signature to a release waiting for more (threshold roles)")
+    sign.add_argument("dir")
+    sign.add_argument("--key", required=True, metavar="FILE", help="a role's private key (PEM)")
     rot = sub.add_parser("rotate-key", help="replace a role's key")
     rot.add_argument("dir")
     rot.add_argument("role", choices=ROLES)
     return p
+
+
+def _needs(waiting: dict[str, int], folder: str) -> str:
+    roles = ", ".join(f"{role} needs {n} more" for role, n in waiting.items())
+    return f"{roles}: `bastion feed sign {folder} --key FILE` by each other key holder"
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -52,7 +61,15 @@ def run(argv: list[str] | None = None) -> int:
             feed.remove(args.names)
             print(f"removed {', '.join(args.names)}; run `bastion feed publish {args.dir}`")
         elif args.action == "publish":
-            print(f"published targets version {feed.publish()}")
+            version = feed.publish()
+            waiting = feed.waiting()
+            if waiting:
+                print(f"staged targets version {version}: not served until signed; " + _needs(waiting, args.dir))
+            else:
+                print(f"published targets version {version}")
+        elif args.action == "sign":
+            waiting = feed.sign(args.key)
+            print(("signed; " + _needs(waiting, args.dir)) if waiting else "signed; the release is published")
         else:
             feed.rotate_key(args.role)
             print(f"{args.role} key replaced; the new root is published")

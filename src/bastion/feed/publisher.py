@@ -6,7 +6,15 @@ Layout of a feed folder::
     keys/<role>.pem              the private keys (0600; keep root's offline in real use)
     metadata/1.root.json         root (and N.root.json for each rotation), targets.json,
     metadata/root.json           snapshot.json, timestamp.json: what clients fetch
+    metadata/staged/<role>.json  a release that waits for more signatures (not served to clients)
     targets/<file>               the signature files, and bastion-feed.json listing them
+
+A role may need several signatures (``init --threshold N``: N keys per role).  Keys kept elsewhere
+(``<role>.2.pem`` on a second person's machine) sign with ``bastion feed sign DIR --key FILE``:
+``publish`` signs with the keys present and, when a role still lacks signatures, stages the new
+targets, snapshot and timestamp versions under ``metadata/staged/``; clients keep getting the last
+complete release until the missing key holders have signed, when the release goes live (targets,
+then snapshot, then timestamp, each written atomically).
 
 Only signature *data* may be published (:data:`DATA_EXTENSIONS`); a feed never carries program code,
 and clients refuse one that tries.  Every ``publish`` raises the versions of targets, snapshot and
@@ -134,7 +142,8 @@ class Feed:
             os.unlink(os.path.join(self.targets_dir, name))
 
     def publish(self, days: dict[str, float] | None = None) -> int:
-        """Sign the current files: new targets, snapshot and timestamp versions.  Returns the version."""
+        """Sign the current files: new targets, snapshot and timestamp versions.  Returns the version
+        (live, or staged when a role still needs signatures: see :meth:`waiting`)."""
         signers = {role: self._signers(role) for role in ("targets", "snapshot", "timestamp")}
         targets = self._load("targets.json")
         targets.signed.version += 1
@@ -144,20 +153,83 @@ class Feed:
     def _publish(self, targets: Metadata, days: dict[str, float] | None,
                  signers: dict[str, list[CryptoSigner]]) -> int:
         files = sorted(n for n in os.listdir(self.targets_dir) if n != MANIFEST and is_data(n))
-        write_file_atomically(os.path.join(self.targets_dir, MANIFEST),
-                              json.dumps({"files": files}, indent=2).encode())
+        manifest = json.dumps({"files": files}, indent=2).encode()
         targets.signed.targets = {
-            name: TargetFile.from_file(name, os.path.join(self.targets_dir, name), ["sha256"])
-            for name in [*files, MANIFEST]
-        }
-        self._sign_and_write("targets", targets, signers)
+            name: TargetFile.from_file(name, os.path.join(self.targets_dir, name), ["sha256"]) for name in files}
+        targets.signed.targets[MANIFEST] = TargetFile.from_data(MANIFEST, manifest, ["sha256"])
         snapshot = self._next("snapshot", Snapshot, days)
         snapshot.signed.meta["targets.json"] = MetaFile(version=targets.signed.version)
-        self._sign_and_write("snapshot", snapshot, signers)
         timestamp = self._next("timestamp", Timestamp, days)
         timestamp.signed.snapshot_meta = MetaFile(version=snapshot.signed.version)
-        self._sign_and_write("timestamp", timestamp, signers)
+        release = {"targets": targets, "snapshot": snapshot, "timestamp": timestamp}
+        for role, md in release.items():
+            md.signatures.clear()
+            for signer in signers[role]:
+                md.sign(signer, append=True)
+        shutil.rmtree(self.staged_dir, ignore_errors=True)  # a new release replaces one still waiting
+        os.makedirs(self.staged_dir)
+        write_file_atomically(os.path.join(self.staged_dir, MANIFEST), manifest)
+        for role, md in release.items():
+            write_file_atomically(os.path.join(self.staged_dir, f"{role}.json"),
+                                  md.to_bytes(JSONSerializer(compact=False)))
+        if not self.waiting():
+            self._release()
         return targets.signed.version
+
+    def _release(self) -> None:
+        """Serve the staged release: the file list, then targets, snapshot and timestamp (last: the
+        one clients start from), each written atomically; until then clients get the previous one."""
+        with open(os.path.join(self.staged_dir, MANIFEST), "rb") as fh:
+            write_file_atomically(os.path.join(self.targets_dir, MANIFEST), fh.read())
+        for role in ("targets", "snapshot", "timestamp"):
+            self._write(f"{role}.json", Metadata.from_file(os.path.join(self.staged_dir, f"{role}.json")))
+        shutil.rmtree(self.staged_dir)
+
+    @property
+    def staged_dir(self) -> str:
+        return os.path.join(self.meta_dir, "staged")
+
+    def _missing(self, role: str, md: Metadata) -> int:
+        """How many more signatures by the role's keys (as the current root names them) ``md`` needs."""
+        root = self._load("root.json").signed
+        result = root.get_verification_result(role, md.signed_bytes, md.signatures)
+        return 0 if result.verified else result.missing
+
+    def waiting(self) -> dict[str, int]:
+        """The staged release's roles that still need signatures, with how many each needs."""
+        out = {}
+        for role in ("targets", "snapshot", "timestamp"):
+            path = os.path.join(self.staged_dir, f"{role}.json")
+            if os.path.exists(path):
+                missing = self._missing(role, Metadata.from_file(path))
+                if missing:
+                    out[role] = missing
+        return out
+
+    def sign(self, key_file: str) -> dict[str, int]:
+        """Add the signature of the private key in ``key_file`` to every role of the staged release it
+        is a key of; when no role needs more, the release goes live.  Returns what still waits."""
+        if not os.path.isdir(self.staged_dir):
+            raise FeedError("nothing is waiting for signatures (publish first)")
+        with open(key_file, "rb") as fh:
+            private = load_pem_private_key(fh.read(), password=None)
+        signer = CryptoSigner(private, SSlibKey.from_crypto(private.public_key()))
+        root = self._load("root.json").signed
+        signed_any = False
+        for role in ("targets", "snapshot", "timestamp"):
+            path = os.path.join(self.staged_dir, f"{role}.json")
+            if not os.path.exists(path) or signer.public_key.keyid not in root.roles[role].keyids:
+                continue
+            md = Metadata.from_file(path)
+            md.sign(signer, append=True)
+            write_file_atomically(path, md.to_bytes(JSONSerializer(compact=False)))
+            signed_any = True
+        if not signed_any:
+            raise FeedError(f"{key_file} is not a key of any role waiting for a signature")
+        waiting = self.waiting()
+        if not waiting:
+            self._release()
+        return waiting
 
     def _next(self, role: str, kind: type, days: dict[str, float] | None) -> Metadata:
         """The role's metadata with its version raised (or its first version) and a fresh expiry."""
@@ -168,12 +240,6 @@ class Feed:
             md = Metadata(kind())
         md.signed.expires = _expiry(role, days)
         return md
-
-    def _sign_and_write(self, role: str, md: Metadata, signers: dict[str, list[CryptoSigner]]) -> None:
-        md.signatures.clear()
-        for signer in signers[role]:
-            md.sign(signer, append=True)
-        self._write(f"{role}.json", md)
 
     def rotate_key(self, role: str) -> None:
         """Replace a role's keys (revoking the old ones): a new root version signed by the old root
