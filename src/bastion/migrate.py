@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from bastion.clamconf import conf_lines
 from bastion.database.atomic import write_file_atomically
 from bastion.signatures.hashdb import any_size_line, is_hash_hex, name_part
 
@@ -60,18 +61,6 @@ class Report:
         self.not_imported.append(f"{what}: {why}")
 
 
-def _conf_lines(path: str) -> list[tuple[int, str, str]]:
-    out = []
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for number, raw in enumerate(fh, 1):
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            name, _, value = line.partition(" ")
-            out.append((number, name, value.strip().strip('"')))
-    return out
-
-
 def _toml_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -89,7 +78,7 @@ def _daemon_section(path: str, report: Report, db_dir: str) -> tuple[dict[str, o
     keys: dict[str, object] = {}
     excludes: list[str] = []
     original_db = None
-    for number, name, value in _conf_lines(path):
+    for number, name, value in conf_lines(path):
         where = f"{path}:{number} {name}"
         if name == "Example":
             report.skip(where, "the sample configuration's Example line (clamd refuses it too)")
@@ -117,7 +106,7 @@ def _daemon_section(path: str, report: Report, db_dir: str) -> tuple[dict[str, o
 
 def _update_section(path: str, report: Report) -> dict[str, object]:
     keys: dict[str, object] = {}
-    for number, name, value in _conf_lines(path):
+    for number, name, value in conf_lines(path):
         where = f"{path}:{number} {name}"
         known = FRESHCLAM_OPTIONS.get(name)
         if known is None:

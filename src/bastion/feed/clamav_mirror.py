@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
+from bastion.clamconf import values_of
 from bastion.database.atomic import write_file_atomically
 from bastion.feed import cld
 from bastion.feed.cdiff import CdiffError, apply_script, read_cdiff
@@ -41,15 +42,7 @@ class MirrorError(Exception):
 
 def mirrors_from_freshclam(path: str) -> list[str]:
     """PrivateMirror lines first, then DatabaseMirror lines, as freshclam tries them."""
-    private, public = [], []
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for raw in fh:
-            name, _, value = raw.strip().partition(" ")
-            value = value.strip().strip('"')
-            if name == "PrivateMirror" and value:
-                private.append(value)
-            elif name == "DatabaseMirror" and value:
-                public.append(value)
+    private, public = values_of(path, "PrivateMirror"), values_of(path, "DatabaseMirror")
     return [m if "://" in m else f"https://{m}" for m in private + public]
 
 

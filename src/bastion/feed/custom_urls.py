@@ -20,6 +20,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 
+from bastion.clamconf import values_of
 from bastion.database.atomic import write_file_atomically
 from bastion.signatures.cvd import ContainerError, open_container
 from bastion.signatures.errors import SignatureError
@@ -47,14 +48,7 @@ class CustomResult:
 
 def urls_from_freshclam(path: str) -> list[str]:
     """freshclam.conf's ``DatabaseCustomURL`` lines, in order."""
-    urls = []
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for raw in fh:
-            name, _, value = raw.strip().partition(" ")
-            value = value.strip().strip('"')
-            if name == "DatabaseCustomURL" and value:
-                urls.append(value)
-    return urls
+    return values_of(path, "DatabaseCustomURL")
 
 
 def file_name(url: str) -> str:

@@ -26,7 +26,7 @@ import struct
 import zlib
 from collections.abc import Iterator
 
-from bastion.unpack.base import ChildObject, LimitExceeded, UnpackLimits, register
+from bastion.unpack.base import ChildObject, LimitExceeded, UnpackLimits, checked_member, register
 
 MAGIC = b"\x60\xea"
 MAX_HEADER = 2600
@@ -333,14 +333,7 @@ def _member(packed: bytes, header: _Header, name: str, container_path: str,
     if limit is not None:
         yield limit
         return
-    if problem is None and len(out) != header.size:
-        problem = f"{len(out)} bytes where the header says {header.size}"
-    if problem is None and zlib.crc32(out) != header.crc:
-        problem = "CRC mismatch"
-    if problem is not None:
-        yield LimitExceeded("broken", f"{name}: {problem}")
-    if out or problem is None:
-        yield ChildObject(out, name, f"{container_path}!{name}")
+    yield from checked_member(out, problem, header.size, header.crc, name, container_path)
 
 
 register(ArjUnpacker())

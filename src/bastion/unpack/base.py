@@ -62,6 +62,23 @@ class LimitExceeded:
     detail: str
 
 
+def checked_member(out: bytes, problem: str | None, declared_size: int, crc: int, name: str,
+                   container_path: str) -> Iterator[ChildObject | LimitExceeded]:
+    """The end of a decoded member whose header declares its size and CRC-32 (zip, ARJ): a size or
+    CRC that differs is reported as "broken" (after ``problem``, a damage the decoder met), and
+    whatever decoded is still handed over to be scanned."""
+    import zlib
+
+    if problem is None and len(out) != declared_size:
+        problem = f"decoded to {len(out)} bytes, the header says {declared_size}"
+    if problem is None and zlib.crc32(out) != crc:
+        problem = "CRC mismatch"
+    if problem is not None:
+        yield LimitExceeded("broken", f"{name}: {problem}")
+    if out or problem is None:
+        yield ChildObject(out, name, f"{container_path}!{name}")
+
+
 @runtime_checkable
 class Unpacker(Protocol):
     """A container plug-in."""

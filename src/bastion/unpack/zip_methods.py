@@ -15,11 +15,10 @@ no output bound).  Damage is reported ("broken"), with what decoded before it st
 from __future__ import annotations
 
 import struct
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from bastion.unpack.base import ChildObject, LimitExceeded, UnpackLimits
+from bastion.unpack.base import ChildObject, LimitExceeded, UnpackLimits, checked_member
 from bastion.unpack.implode import Damaged, explode
 
 IMPLODE = 6
@@ -163,14 +162,7 @@ def decode_member(data: bytes, entry: ZipEntry, container_path: str,
             return
     if problem is None and len(packed) < entry.packed_size:
         problem = "truncated"
-    if problem is None and len(out) != entry.size:
-        problem = f"decoded to {len(out)} bytes, the central directory says {entry.size}"
-    if problem is None and zlib.crc32(out) != entry.crc:
-        problem = "CRC mismatch"
-    if problem is not None:
-        yield LimitExceeded("broken", f"{name}: {problem}")
-    if out or problem is None:
-        yield ChildObject(out, name, f"{container_path}!{name}")
+    yield from checked_member(out, problem, entry.size, entry.crc, name, container_path)
 
 
 class ZipFallback:
