@@ -30,7 +30,7 @@ _IGNORED_VALUE_OPTIONS = (
     "--alert-broken-media", "--alert-encrypted-doc", "--alert-macros", "--alert-phishing-ssl",
     "--alert-phishing-cloak", "--alert-partition-intersection", "--heuristic-alerts", "--heuristic-scan-precedence",
     "--phishing-sigs", "--phishing-scan-urls", "--bytecode", "--bytecode-unsigned", "--bytecode-timeout",
-    "--statistics", "--max-dir-recursion", "--max-embeddedpe",
+    "--statistics", "--max-dir-recursion",
     "--max-htmlnotags", "--max-scriptnormalize", "--max-ziptypercg", "--max-partitions",
     "--max-iconspe", "--max-rechwp3", "--pcre-match-limit", "--pcre-recmatch-limit", "--pcre-max-filesize",
     "--disable-cache", "--nocerts", "--dumpcerts", "--tempdir", "--leave-temps", "--gen-json",
@@ -137,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="alert on encrypted archives and documents")
     p.add_argument("--alert-encrypted-archive", nargs="?", const="yes", default="no", metavar="yes/no",
                    help="alert on encrypted archives")
+    p.add_argument("--max-embeddedpe", metavar="#n", default="40M",
+                   help="maximum size file to check for embedded PE (default 40M)")
     p.add_argument("--max-htmlnormalize", metavar="#n", default="40M",
                    help="maximum size of HTML file to normalize (default 40M)")
     p.add_argument("--alert-broken", nargs="?", const="yes", default="no", metavar="yes/no",
@@ -358,6 +360,7 @@ def _run(args: argparse.Namespace, out: Output) -> int:
         max_recursion = int(args.max_recursion) or (1 << 62)
         max_scantime = (int(args.max_scantime) / 1000) or float(1 << 40)
         max_htmlnormalize = parse_size(args.max_htmlnormalize) or (1 << 62)
+        max_embeddedpe = parse_size(args.max_embeddedpe) or (1 << 62)
         walk_opts = WalkOptions(
             recursive=args.recursive,
             exclude=compile_patterns(args.exclude, "--exclude"),
@@ -386,7 +389,8 @@ def _run(args: argparse.Namespace, out: Output) -> int:
         max_recursion=max_recursion, max_scantime=max_scantime, scan_archives=_yes(args.scan_archive),
         alert_exceeds_max=_yes(args.alert_exceeds_max),
         alert_encrypted=_yes(args.alert_encrypted) or _yes(args.alert_encrypted_archive),
-        alert_broken=_yes(args.alert_broken), max_htmlnormalize=max_htmlnormalize))
+        alert_broken=_yes(args.alert_broken), max_htmlnormalize=max_htmlnormalize,
+        max_embeddedpe=max_embeddedpe))
     targets = list(args.targets)
     if args.file_list:
         try:

@@ -67,6 +67,7 @@ class DaemonConfig:
     alert_encrypted: bool = False
     alert_exceeds_max: bool = False
     max_html_normalize: int = 40 * MiB
+    max_embedded_pe: int = 40 * MiB
     ignored: list[str] = field(default_factory=list)
 
 
@@ -129,6 +130,7 @@ _ACTED_ON = {
     "AlertEncryptedArchive": ("alert_encrypted", _bool, False),
     "AlertExceedsMax": ("alert_exceeds_max", _bool, False),
     "MaxHTMLNormalize": ("max_html_normalize", _size, False),
+    "MaxEmbeddedPE": ("max_embedded_pe", _size, False),
 }
 # clamd options that load but that Bastion does not act on (yet): named in a warning
 _IGNORED_NAMES = """
@@ -139,7 +141,7 @@ AlertEncryptedDoc AlertBrokenMedia AlertOLE2Macros
 AlertPhishingSSLMismatch AlertPhishingCloak AlertPartitionIntersection ScanPE ScanELF ScanOLE2 ScanPDF ScanSWF
 ScanHTML ScanXMLDOCS ScanHWP3 ScanOneNote ScanMail ScanArchive ScanImage ScanImageFuzzyHash
 ScanPartialMessages PhishingSignatures PhishingScanURLs Bytecode BytecodeSecurity BytecodeUnsigned
-BytecodeTimeout PCREMatchLimit PCRERecMatchLimit PCREMaxFileSize MaxScanTime MaxEmbeddedPE
+BytecodeTimeout PCREMatchLimit PCRERecMatchLimit PCREMaxFileSize MaxScanTime
 MaxHTMLNoTags MaxScriptNormalize MaxZipTypeRcg MaxPartitions MaxIconsPE MaxRecHWP3 FollowDirectorySymlinks
 FollowFileSymlinks CrossFilesystems VirusEvent ExitOnOOM DisableCache DisableCertCheck LeaveTemporaryFiles
 GenerateMetadataJson Debug StatsEnabled StatsHostID StatsPEDisabled StatsTimeout ExcludePUA IncludePUA

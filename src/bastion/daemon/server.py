@@ -244,7 +244,8 @@ class Daemon:
         return ScanOptions(allmatch=allmatch, max_filesize=c.max_file_size, max_scansize=c.max_scan_size,
                            max_files=c.max_files, max_recursion=c.max_recursion,
                            alert_broken=c.alert_broken_executables, alert_encrypted=c.alert_encrypted,
-                           alert_exceeds_max=c.alert_exceeds_max, max_htmlnormalize=c.max_html_normalize)
+                           alert_exceeds_max=c.alert_exceeds_max, max_htmlnormalize=c.max_html_normalize,
+                           max_embeddedpe=c.max_embedded_pe)
 
     def reload(self, wait: bool = False) -> None:
         """Compile the new database in a child, load it and swap; the old keeps serving if this fails."""

@@ -42,6 +42,7 @@ from bastion.engine.verdict import Detection, Evidence, ScanResult
 from bastion.signatures.model import HashKind, HashPurpose
 from bastion.signatures.offsets import Anchor
 from bastion.unpack.base import ChildObject, LimitExceeded, Unpacker, UnpackLimits
+from bastion.unpack.embedded import NO_RECOGNITION, EmbeddedObjects, Spotter
 from bastion.unpack.registry import unpacker_for
 
 if TYPE_CHECKING:
@@ -81,6 +82,8 @@ class ScanOptions:
     # clamscan --max-htmlnormalize: a larger HTML file is neither normalized nor unpacked (and so, as
     # HTML is matched only through its normalized form, only its hashes can match)
     max_htmlnormalize: int = 40 * MiB
+    # clamscan --max-embeddedpe: an executable embedded in another is scanned up to this size
+    max_embeddedpe: int = 40 * MiB
 
 
 # Heuristics.* names clamscan 1.4.6 prints for an exceeded limit (checked with --alert-exceeds-max)
@@ -385,8 +388,9 @@ class Engine:
             return
         hashers = {k: _HASHERS[k]() for k in self._hash_plan(expected_size)}
         opened: list[_Streams] = []
+        spotter = Spotter() if opts.scan_archives else None
         try:
-            size = self._feed(chunks, hashers, opened, result, expected_size)
+            size = self._feed(chunks, hashers, opened, result, expected_size, spotter)
         finally:
             for streams in opened:
                 streams.close()
@@ -428,14 +432,20 @@ class Engine:
             unpacker = unpacker_for(ftype)
             if unpacker is not None:
                 self._scan_children(unpacker, memoryview(source.whole()), ftype, result, ctx)
+        if spotter is not None and spotter.seen and size and (opts.allmatch or not found) \
+                and ftype not in NO_RECOGNITION:
+            embedded = EmbeddedObjects(ftype, opts.max_embeddedpe)
+            self._scan_children(embedded, memoryview(source.whole()), ftype, result, ctx)
         if found:
             self._apply_allow_lists(result, digests, size)
         if opts.want_sha256:
             result.sha256 = digests[HashKind.SHA256].hex()
 
     def _feed(self, chunks: Iterator[memoryview] | list[memoryview], hashers: dict[HashKind, hashlib._Hash],
-              opened: list[_Streams], result: ScanResult, expected_size: int = 0) -> int:
-        """Hash every chunk and stream it (and its normalized text) through Hyperscan; return the size."""
+              opened: list[_Streams], result: ScanResult, expected_size: int = 0,
+              spotter: Spotter | None = None) -> int:
+        """Hash every chunk and stream it (and its normalized text) through Hyperscan; return the size.
+        ``spotter`` looks at the raw bytes for embedded files (unpack/embedded.py)."""
         limit = self.options.max_scansize
         streams: _Streams | None = None
         normalizer: TextNormalizer | None = None
@@ -448,10 +458,14 @@ class Engine:
                 if ftype == "CL_TYPE_HTML" and expected_size > self.options.max_htmlnormalize:
                     normalizer = None  # clamscan: "exiting (file larger than MaxHTMLNormalize)"
                 raw_scan = ftype not in _NORMALIZED_ONLY
+                if ftype in NO_RECOGNITION:
+                    spotter = None
                 streams = _Streams(self, normalized=normalizer is not None)
                 opened.append(streams)
             for h in hashers.values():
                 h.update(chunk)
+            if spotter is not None and size < self.options.max_filesize:
+                spotter.feed(chunk)
             if size < limit:
                 part = chunk[: limit - size]
                 if raw_scan:
