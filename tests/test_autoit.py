@@ -125,6 +125,15 @@ def test_lame_keystream_matches_the_ring(seed: int) -> None:
     assert lame_keystream(seed, 300) == _lame_reference(seed, 300)
 
 
+def test_keystreams_in_small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large keystreams are made a chunk at a time: chunk edges change nothing."""
+    import bastion.unpack.autoit_crypt as crypt
+
+    monkeypatch.setattr(crypt, "CHUNK", 7)
+    assert mt_keystream(99, 1300) == _mt_reference(99, 1300)
+    assert lame_keystream(99, 200) == _lame_reference(99, 200)
+
+
 def test_keystreams_of_nothing() -> None:
     assert mt_keystream(5, 0) == lame_keystream(5, 0) == b""
 

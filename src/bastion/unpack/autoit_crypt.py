@@ -20,6 +20,8 @@ from __future__ import annotations
 import random
 
 _M32 = 0xFFFF_FFFF
+# key bytes made at a time, so a large file's keystream never holds more than this many words
+CHUNK = 1 << 16
 
 
 def _genrand_state(seed: int) -> list[int]:
@@ -37,14 +39,14 @@ def mt_keystream(seed: int, size: int) -> bytes:
         return b""
     gen = random.Random()
     gen.setstate((3, (*_genrand_state(seed), 624), None))
-    # getrandbits(32 * n) holds the n words in draw order from the least significant end; shifted
-    # right by one bit, the low byte of each 4-byte group is bits 1..8 of its word
-    words = gen.getrandbits(32 * size) >> 1
-    return words.to_bytes(4 * size, "little")[0::4]
-
-
-def _rotl(x: int, n: int) -> int:
-    return ((x << n) | (x >> (32 - n))) & _M32
+    out = bytearray()
+    for start in range(0, size, CHUNK):
+        n = min(CHUNK, size - start)
+        # getrandbits(32 * n) holds the next n words in draw order from the least significant end;
+        # shifted right by one bit, the low byte of each 4-byte group is bits 1..8 of its word
+        words = gen.getrandbits(32 * n) >> 1
+        out += words.to_bytes(4 * n, "little")[0::4]
+    return bytes(out)
 
 
 def lame_keystream(seed: int, size: int) -> bytes:
@@ -59,14 +61,23 @@ def lame_keystream(seed: int, size: int) -> bytes:
     # the original keeps the 17 words in a ring, overwriting slots 0, 16, 15, ... in turn (and reading
     # the slot 10 further on): as a sequence, the words before the first step are slots 0, 16, ..., 1
     x = [x[0], *x[16:0:-1]]
-    need = 17 + 9 + 2 * size
+    _extend(x, 9)  # the warm-up
+    out = bytearray()
+    for start in range(0, size, CHUNK):
+        n = min(CHUNK, size - start)
+        x = x[-17:]
+        _extend(x, 2 * n)
+        out += bytes(w >> 24 for w in x[18::2])  # two steps per byte, the second one's top byte
+    return bytes(out)
+
+
+def _extend(x: list[int], steps: int) -> None:
+    """Append ``steps`` more words of the EA06 sequence to ``x`` (at least its last 17)."""
     append = x.append
-    for n in range(17, need):
+    for n in range(len(x), len(x) + steps):
         a = x[n - 17]
         b = x[n - 10]
         append((((a << 9) | (a >> 23)) + ((b << 13) | (b >> 19))) & _M32)
-    # steps 17..25 are the warm-up; then two steps per byte, the second one's top byte
-    return bytes(w >> 24 for w in x[27:need:2])
 
 
 def xor(data: bytes, key: bytes) -> bytes:
