@@ -25,7 +25,6 @@ PACKED = "a PE packer Bastion does not unpack yet"
 NOT_YET = {
     "clam-aspack.exe": PACKED, "clam-mew.exe": PACKED, "clam-pespin.exe": PACKED, "clam-petite.exe": PACKED,
     "clam-upack.exe": PACKED, "clam-upx.exe": PACKED, "clam-wwpack.exe": PACKED, "clam-yc.exe": PACKED,
-    "clam.ea05.exe": "AutoIt scripts are not unpacked yet", "clam.ea06.exe": "AutoIt scripts are not unpacked yet",
 }
 # Detected from their own bytes, but clamscan also extracts the embedded clam.exe (and so also
 # reports its hash): the verdict agrees, the -z list is a subset until the unpacker exists.
