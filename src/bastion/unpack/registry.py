@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from bastion.unpack.base import ChildObject, LimitExceeded, Unpacker, UnpackLimits, registered
 
 # the plug-in modules beside this one
-PLUGINS = ("archive", "arj", "binhex", "chm", "compressed", "html", "mail", "ole2", "pdf", "pe_installers",
-           "pe_packers", "rtf", "sis", "szdd", "tnef")
+PLUGINS = ("archive", "arj", "binhex", "chm", "compressed", "html", "mail", "ole2", "pdf", "pe_embedded",
+           "pe_installers", "pe_packers", "rtf", "sis", "szdd", "tnef")
 _LOADED = False
 _LOAD_LOCK = threading.Lock()
 
