@@ -227,3 +227,54 @@ def test_hostile_upx_files(method: str) -> None:
             for got in unpack_all(candidate):
                 assert isinstance(got, ChildObject) or got.limit in ("broken", "max-filesize"), got
     assert time.monotonic() - start < 30
+
+
+# ------------------------------------------------------------------------------------------- WWPack
+def _testfile(name: str) -> bytes:
+    if not (TESTFILES / name).exists():
+        pytest.skip("clamav-testfiles is not installed")
+    return (TESTFILES / name).read_bytes()
+
+
+def test_wwpack_testfile_unpacks() -> None:
+    """clam-wwpack.exe's .clam section holds a zip of clam.exe, WWPack32-compressed: decoded, the zip
+    reads and its member is clam.exe."""
+    import io
+    import zipfile
+
+    packed = _testfile("clam-wwpack.exe")
+    (child,) = unpack_all(packed)
+    assert isinstance(child, ChildObject) and child.name == "wwpack-unpacked"
+    rebuilt = child.data
+    pe = read_pe32(rebuilt)
+    assert pe is not None and len(pe.sections) == 4  # the packer's section is gone
+    at = rebuilt.find(b"PK\3\4")
+    assert at > 0
+    with zipfile.ZipFile(io.BytesIO(rebuilt[at:])) as archive:
+        (member,) = archive.namelist()
+        assert archive.read(member) == _testfile("clam.exe")
+
+
+def test_hostile_wwpack_files() -> None:
+    packed = _testfile("clam-wwpack.exe")
+    section = 0xC00
+    records = section + 0x2A1
+    big = bytearray(packed)
+    struct.pack_into("<I", big, 0xC8 + 24 + 224 + 3 * 40 + 8, 0x7FFF_0000)  # .clam's virtual size
+    (item,) = unpack_all(bytes(big))
+    assert isinstance(item, LimitExceeded) and item.limit == "max-filesize"
+    outside = bytearray(packed)
+    struct.pack_into("<I", outside, records + 8, 0x4000_0000)  # compressed dwords
+    (item,) = unpack_all(bytes(outside))
+    assert isinstance(item, LimitExceeded) and item.limit == "broken"
+    rnd = random.Random(7)
+    start = time.monotonic()
+    for _ in range(150):
+        junk = bytearray(packed)
+        for _ in range(rnd.randint(1, 6)):
+            junk[0xA00 + rnd.randrange(0x18C)] = rnd.randrange(256)  # the compressed block
+        if rnd.random() < 0.3:
+            junk[records + rnd.randrange(17)] = rnd.randrange(256)
+        for got in unpack_all(bytes(junk)):
+            assert isinstance(got, ChildObject) or got.limit in ("broken", "max-filesize", "max-ratio"), got
+    assert time.monotonic() - start < 30

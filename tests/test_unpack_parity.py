@@ -24,7 +24,9 @@ HASH = "Parity.ClamExe.Hash"
 PACKED = "a PE packer Bastion does not unpack yet"
 NOT_YET = {
     "clam-aspack.exe": PACKED, "clam-mew.exe": PACKED, "clam-pespin.exe": PACKED, "clam-petite.exe": PACKED,
-    "clam-upack.exe": PACKED, "clam-wwpack.exe": PACKED, "clam-yc.exe": PACKED,
+    "clam-upack.exe": PACKED, "clam-yc.exe": PACKED,
+    "clam-wwpack.exe": "WWPack32 is unpacked, but clam.exe is in a zip inside the unpacked program, which "
+                       "clamscan finds by its ZIP-SFX type signature (not supported yet)",
     "clam.ea05.exe": "AutoIt scripts are not unpacked yet", "clam.ea06.exe": "AutoIt scripts are not unpacked yet",
 }
 # Detected from their own bytes, but clamscan also extracts the embedded clam.exe (and so also

@@ -56,11 +56,14 @@ class PackedPe:
 @dataclass(frozen=True, slots=True)
 class Unpacked:
     """A packed program's memory image as the packer's stub would have restored it: ``image`` holds
-    the bytes from RVA ``base_rva`` on; ``method`` names packer and algorithm (``upx-nrv2b``)."""
+    the bytes from RVA ``base_rva`` on; ``method`` names packer and algorithm (``upx-nrv2b``).
+    ``is_file``: the packer module already made ``image`` a PE file (the image with its own headers,
+    see :func:`bastion.unpack.packers.rebuild.image_as_file`)."""
 
     image: bytes
     base_rva: int
     method: str
+    is_file: bool = False
 
 
 def read_pe32(data: bytes) -> PackedPe | None:

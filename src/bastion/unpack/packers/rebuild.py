@@ -75,3 +75,39 @@ def rebuild(unpacked: Unpacked, max_size: int, dos_at: int = 0x40) -> bytes | No
     out[0x3C:0x40] = lfanew.to_bytes(4, "little")
     out[lfanew:lfanew + len(header)] = header
     return bytes(out)
+
+
+def image_as_file(image: bytearray, sections: list[tuple[int, int]], entry_rva: int | None = None,
+                  drop: int = 0, dropped_size: int = 0) -> bytes:
+    """A memory image that starts with its own headers (RVA 0), made a PE file that maps it back
+    as is: every section's raw data is its virtual range (``PointerToRawData`` = RVA,
+    ``SizeOfRawData`` = virtual size, from ``sections``: (RVA, virtual size) of the sections kept).
+    The packer's own ``drop`` trailing sections are removed from the table and their virtual size
+    ``dropped_size`` from SizeOfImage, and the entry point is set when given.  ``image`` is changed
+    in place; header fields outside it are left alone.  (For clam-wwpack.exe the result is the file
+    clamscan 1.4.6 rebuilds, byte for byte: the layout is what the packed headers dictate.)"""
+    e_lfanew = int.from_bytes(image[0x3C:0x40], "little")
+    coff = e_lfanew + 4
+    if e_lfanew < 0x40 or coff + 20 > len(image):
+        return bytes(image)
+    opt_size = int.from_bytes(image[coff + 16:coff + 18], "little")
+    opt = coff + 20
+    table = opt + opt_size
+    total = int.from_bytes(image[coff + 2:coff + 4], "little")
+    kept = len(sections)
+    image[coff + 2:coff + 4] = kept.to_bytes(2, "little")
+    if entry_rva is not None and opt + 20 <= len(image):
+        image[opt + 16:opt + 20] = (entry_rva & 0xFFFF_FFFF).to_bytes(4, "little")
+    for i, (rva, vsize) in enumerate(sections):
+        at = table + 40 * i
+        if at + 40 > len(image):
+            break
+        struct.pack_into("<IIII", image, at + 8, vsize, rva, vsize, rva)
+    for i in range(kept, min(total, kept + drop)):
+        at = table + 40 * i
+        if at + 40 <= len(image):
+            image[at:at + 40] = bytes(40)
+    if drop and opt + 60 <= len(image):
+        size_of_image = int.from_bytes(image[opt + 56:opt + 60], "little")
+        image[opt + 56:opt + 60] = ((size_of_image - dropped_size) & 0xFFFF_FFFF).to_bytes(4, "little")
+    return bytes(image)
