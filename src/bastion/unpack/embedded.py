@@ -130,7 +130,10 @@ class EmbeddedObjects:
             if kind == "pe":
                 child = self._executable(blob, at, container_path)
                 if child is not None:
-                    yield child
+                    if len(child.data) > limits.max_filesize:
+                        yield LimitExceeded("max-filesize", f"{child.name}: larger than {limits.max_filesize} bytes")
+                    else:
+                        yield child
                     return  # what follows it is found inside it (as ClamAV stops here too)
             elif kind == "zip":
                 yield from _zip_member(blob, at, container_path, limits)

@@ -14,7 +14,7 @@ from bastion.unpack.base import ChildObject, LimitExceeded, Unpacker, UnpackLimi
 
 # the plug-in modules beside this one
 PLUGINS = ("archive", "arj", "autoit", "binhex", "chm", "compressed", "html", "mail", "ole2", "pdf", "pe_installers",
-           "rtf", "sis", "szdd", "tnef")
+           "pe_packers", "rtf", "sis", "szdd", "tnef")
 _LOADED = False
 _LOAD_LOCK = threading.Lock()
 
