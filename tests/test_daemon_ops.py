@@ -63,6 +63,15 @@ def process_tree(pid: int) -> list[int]:
     return [pid, *kids]
 
 
+def wait_for_workers(proc: subprocess.Popen, count: int = 2) -> list[int]:
+    """The worker processes, once all ``count`` are forked (the socket answers after the first)."""
+    deadline = time.monotonic() + 20
+    while len(workers := process_tree(proc.pid)[1:]) != count:
+        assert time.monotonic() < deadline, f"workers: {workers}"
+        time.sleep(0.1)
+    return workers
+
+
 def count_in_tree(pid: int, what: str) -> int:
     """Open descriptors (``fd``) or threads (``task``) of the daemon's processes together."""
     total = 0
@@ -189,7 +198,10 @@ def test_flood_past_the_queue_keeps_serving(tmp_path: Path) -> None:
     extra = "MaxThreads 2\nMaxQueue 4\nMaxConnectionQueueLength 8\nCommandReadTimeout 1\n"
     with daemon(tmp_path, base_conf(tmp_path, extra)) as proc:
         sock = str(tmp_path / "d.sock")
-        fds_before = count_in_tree(proc.pid, "fd")
+        wait_for_workers(proc)
+        fds_before, settle = -1, time.monotonic() + 20
+        while fds_before != (fds_before := count_in_tree(proc.pid, "fd")) and time.monotonic() < settle:
+            time.sleep(0.3)  # until the workers have opened all they open at start-up
         flood = []
         for _ in range(200):  # clients that connect and say nothing: far past queue and backlog
             s = socket.socket(socket.AF_UNIX)
@@ -223,10 +235,7 @@ def test_flood_past_the_queue_keeps_serving(tmp_path: Path) -> None:
 def test_worker_processes_are_restarted_and_stop_together(tmp_path: Path) -> None:
     with daemon(tmp_path, base_conf(tmp_path), workers=2) as proc:
         sock = str(tmp_path / "d.sock")
-        deadline = time.monotonic() + 20  # the socket answers once the first worker is forked
-        while len(workers := process_tree(proc.pid)[1:]) != 2:
-            assert time.monotonic() < deadline, f"workers: {workers}"
-            time.sleep(0.1)
+        workers = wait_for_workers(proc)
         os.kill(workers[0], 9)  # a worker that crashes is replaced; the others keep serving
         assert ask(sock, instream(WORD)) == b"stream: Daemon.Ops.Body.UNOFFICIAL FOUND\0"
         deadline = time.monotonic() + 20
