@@ -33,8 +33,11 @@ from __future__ import annotations
 
 import re
 import struct
+import threading
 import zlib
 from collections.abc import Iterator
+
+import hyperscan
 
 from bastion.unpack.base import ChildObject, LimitExceeded, UnpackLimits
 
@@ -51,11 +54,37 @@ NO_RECOGNITION = frozenset({
 # outer types in which an embedded executable is looked for (ZIP never gets here: see above)
 _PE_HOSTS = frozenset({"CL_TYPE_MSEXE", "CL_TYPE_MSOLE2"})
 
-_MAGICS = (b"PK\x03\x04", b"MSCF\0\0\0\0", b"Rar!\x1a\x07\x00", b"\x60\xea", b"PE\0\0")
-_LONGEST = max(len(m) for m in _MAGICS)
+# ARJ's two magic bytes alone occur every 64 KiB in random data: the whole pattern is looked for
 _ARJ = re.compile(rb"\x60\xea[\x00-\xff]{7}[\x00-\x02]\x02")
+_LONGEST = 11
 # how many places of each kind are looked at in one object, at most (a file full of "PK\3\4")
 MAX_PLACES = 64
+
+
+# The spotter's patterns for Hyperscan (block mode; with their lengths, to tell where a match starts).
+# Chosen by measurement: bytes.find of each magic over every chunk (with the copy it needs) ran at
+# ~370 MiB/s on random data, about the scanner's own speed; Hyperscan runs at several GiB/s.
+_SPOT_PATTERNS = ((rb"PK\x03\x04", 4), (rb"MSCF\x00\x00\x00\x00", 8), (rb"Rar!\x1a\x07\x00", 7),
+                  (rb"PE\x00\x00", 4), (rb"\x60\xea.{7}[\x00-\x02]\x02", 11))
+_spot_db: hyperscan.Database | None = None
+_spot_lock = threading.Lock()
+_spot_local = threading.local()
+
+
+def _spot_matcher() -> tuple[hyperscan.Database, hyperscan.Scratch]:
+    global _spot_db
+    if _spot_db is None:
+        with _spot_lock:
+            if _spot_db is None:
+                db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+                db.compile(expressions=[p for p, _ in _SPOT_PATTERNS], ids=list(range(len(_SPOT_PATTERNS))),
+                           elements=len(_SPOT_PATTERNS),
+                           flags=[hyperscan.HS_FLAG_DOTALL | hyperscan.HS_FLAG_SINGLEMATCH] * len(_SPOT_PATTERNS))
+                _spot_db = db
+    scratch = getattr(_spot_local, "scratch", None)
+    if scratch is None:
+        scratch = _spot_local.scratch = hyperscan.Scratch(_spot_db)
+    return _spot_db, scratch
 
 
 class Spotter:
@@ -69,15 +98,26 @@ class Spotter:
         self._fed = 0
 
     def feed(self, chunk: bytes | memoryview) -> None:
-        if self.seen:
+        if self.seen or not len(chunk):
             return
-        window = self._tail + bytes(chunk)
-        first = 1 if self._fed == len(self._tail) else 0  # the object's own first byte does not count
-        if any(window.find(magic, first) >= 0 for magic in _MAGICS):
+        db, scratch = _spot_matcher()
+        first_chunk = self._fed == 0
+
+        def found(pattern: int, _start: int, end: int, _flags: int, _context: object) -> bool:
+            if first_chunk and end - _SPOT_PATTERNS[pattern][1] == 0:
+                return False  # the object's own first byte does not count
             self.seen = True
-            return
+            return True
+
+        try:
+            if self._tail:  # a magic across the boundary between the last chunk and this one
+                db.scan(self._tail + bytes(chunk[:_LONGEST - 1]), match_event_handler=found, scratch=scratch)
+            if not self.seen:
+                db.scan(chunk, match_event_handler=found, scratch=scratch)
+        except hyperscan.ScanTerminated:  # found() stopped it: one magic is enough
+            pass
         self._fed += len(chunk)
-        self._tail = window[-(_LONGEST - 1):]
+        self._tail = bytes(chunk[-(_LONGEST - 1):])
 
 
 def _places(data: bytes, magic: bytes) -> list[int]:
