@@ -22,7 +22,6 @@ if not (TESTFILES / "clam.exe").exists():
 BODY = "Parity.ClamExe.Body"
 HASH = "Parity.ClamExe.Hash"
 NOT_YET = {
-    "clam-aspack.exe": "ASPack 2.12: its own LZ and Huffman-style compression, not decoded yet",
     "clam-mew.exe": "MEW 11: an LZMA variant with its own layout, not decoded yet",
     "clam-pespin.exe": "PESpin: encrypted and compressed sections, not decoded yet",
     "clam-upack.exe": "Upack: an LZMA variant with its own layout, not decoded yet",
