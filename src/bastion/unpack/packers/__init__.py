@@ -1,4 +1,4 @@
-"""Unpackers for executables compressed by a PE packer (UPX, ...): one module per packer or
+"""Unpackers for executables compressed by a PE packer (UPX, WWPack32, Petite, ASPack): one module per packer or
 compression algorithm; :mod:`bastion.unpack.pe_packers` is the plug-in that runs them.
 
 A packer module looks at a :class:`~bastion.unpack.packers.pe.PackedPe` and returns an

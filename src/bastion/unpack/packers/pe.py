@@ -100,3 +100,38 @@ def limit_error(limits: UnpackLimits, name: str, size: int, packed_size: int) ->
     if problem is None:
         return PackerError("broken", f"{name}: decodes to more than its declared {size} bytes")
     return PackerError(problem.limit, problem.detail)
+
+
+def map_image(pe: PackedPe, limits: UnpackLimits, name: str, count: int | None = None,
+              headers: bool = False) -> tuple[bytearray, int]:
+    """The packed file's memory image as a packer's stub finds it: ``(image, base)``, where
+    ``image[0]`` is RVA ``base`` (the lowest section RVA, or 0 with ``headers``: the file's headers,
+    up to the first section's raw data, are then at RVA 0) and the image ends at the highest section
+    end; each of the first ``count`` sections (all by default) holds its raw data at its RVA.
+    Raises :class:`PackerError` when the image breaks a limit."""
+    secs = pe.sections if count is None else pe.sections[:count]
+    if not secs:
+        raise PackerError("broken", f"{name}: no sections")
+    base = 0 if headers else min(s.virtual_address for s in pe.sections)
+    end = max(s.virtual_address + max(s.virtual_size, s.raw_size) for s in pe.sections)
+    size_check(limits, name, end - base, len(pe.data))
+    image = bytearray(end - base)
+    if headers:
+        head = min([s.raw_offset for s in pe.sections if s.raw_size] + [len(image), len(pe.data)])
+        image[:head] = pe.data[:head]
+    for sec in secs:
+        if sec.raw_size:
+            at = sec.virtual_address - base
+            image[at:at + sec.raw_size] = pe.data[sec.raw_offset:sec.raw_offset + sec.raw_size]
+    return image, base
+
+
+def copy_match(image: bytearray, out: int, start: int, length: int) -> None:
+    """Copy ``length`` bytes from ``start`` to ``out`` (``start < out``) byte by byte as an LZ
+    decoder does, overlapping runs included, but in slices (a long run costs no Python loop)."""
+    period = out - start
+    if period >= length:
+        image[out:out + length] = image[start:start + length]
+    else:
+        pattern = bytes(image[start:out])
+        image[out:out + length] = (pattern * (length // period + 1))[:length]

@@ -111,3 +111,49 @@ def image_as_file(image: bytearray, sections: list[tuple[int, int]], entry_rva: 
         size_of_image = int.from_bytes(image[opt + 56:opt + 60], "little")
         image[opt + 56:opt + 60] = ((size_of_image - dropped_size) & 0xFFFF_FFFF).to_bytes(4, "little")
     return bytes(image)
+
+
+FILE_ALIGN = 0x200
+SECTION_ALIGN = 0x1000
+
+
+def sections_as_file(sections: list[tuple[int, int, bytes]], image_base: int, entry_rva: int,
+                     names: list[bytes] | None = None) -> bytes:
+    """A PE32 file of Bastion's own layout for a program whose headers the packer did not keep:
+    ``sections`` are (RVA, virtual size, raw data) in RVA order, laid out from file offset 0x400 on
+    at 0x200 alignment after a minimal DOS header (``e_lfanew`` 0x40), the COFF and optional
+    headers (no data directories filled in) and the section table.  Names default to
+    ``.bst0``, ``.bst1``, ..."""
+    nsec = len(sections)
+    head_size = _align(0x40 + 24 + 224 + 40 * nsec, FILE_ALIGN)
+    table = bytearray()
+    raw_at = head_size
+    body = bytearray()
+    for i, (rva, vsize, data) in enumerate(sections):
+        raw_size = _align(len(data), FILE_ALIGN)
+        name = (names[i] if names else f".bst{i}".encode())[:8].ljust(8, b"\0")
+        table += name + struct.pack("<IIIIIIHHI", vsize, rva, raw_size, raw_at if raw_size else 0,
+                                    0, 0, 0, 0, 0xE0000060)
+        body += data + bytes(raw_size - len(data))
+        raw_at += raw_size
+    end = max([rva + vsize for rva, vsize, _ in sections] + [SECTION_ALIGN])
+    opt = bytearray(224)
+    struct.pack_into("<HBB", opt, 0, 0x10B, 0, 0)
+    struct.pack_into("<I", opt, 16, entry_rva & 0xFFFF_FFFF)
+    struct.pack_into("<III", opt, 28, image_base & 0xFFFF_FFFF, SECTION_ALIGN, FILE_ALIGN)
+    struct.pack_into("<HH", opt, 40, 4, 0)
+    struct.pack_into("<HH", opt, 48, 4, 0)
+    struct.pack_into("<II", opt, 56, _align(end, SECTION_ALIGN), head_size)
+    struct.pack_into("<H", opt, 68, 2)
+    struct.pack_into("<IIII", opt, 72, 0x100000, 0x1000, 0x100000, 0x1000)
+    struct.pack_into("<I", opt, 92, 16)
+    coff = b"PE\0\0" + struct.pack("<HHIIIHH", 0x14C, nsec, 0, 0, 0, 224, 0x10F)
+    dos = bytearray(0x40)
+    dos[:2] = b"MZ"
+    dos[0x3C:0x40] = (0x40).to_bytes(4, "little")
+    head = bytes(dos) + coff + bytes(opt) + bytes(table)
+    return head + bytes(head_size - len(head)) + bytes(body)
+
+
+def _align(value: int, to: int) -> int:
+    return (value + to - 1) // to * to
