@@ -80,6 +80,7 @@ def test_feed_updates_a_machine(tmp_path: Path, server: tuple[Path, str]) -> Non
     assert "would add main--one.ndb (1 signatures)" in r.stdout and detects(tmp_path, b"feed signature one") == []
     r = update(tmp_path, url)
     assert r.returncode == 0 and "activated" in r.stdout, r.stderr
+    assert "verified targets version 2" in r.stdout, r.stdout  # init made 1, publish 2
     assert detects(tmp_path, b"feed signature one") == ["Feed.Sig.One.UNOFFICIAL"]
     # the publisher adds a file; the next update brings it, manual policy stages only
     Feed(str(www / "feed")).add([str(write(tmp_path / "two.ndb", SIG2))])

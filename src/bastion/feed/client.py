@@ -132,7 +132,9 @@ def fetch(name: str, url: str, state_dir: str, trusted_root: str | None = None) 
             if info is None:
                 raise FeedError(f"{name}: {file_name} is listed but not signed")
             updater.download_target(info, os.path.join(download_dir, file_name))
-        version = updater._trusted_set.targets.version  # noqa: SLF001 - for the log record only
+        # the verified targets metadata the updater keeps (python-tuf persists what it trusts)
+        with open(os.path.join(metadata_dir, "targets.json"), encoding="utf-8") as fh:
+            version = int(json.load(fh)["signed"]["version"])
     except (RepositoryError, DownloadError) as exc:
         shutil.rmtree(download_dir, ignore_errors=True)
         raise FeedError(f"{name}: refused: {_explain(exc)}") from None
