@@ -90,6 +90,18 @@ def test_feed_updates_a_machine(tmp_path: Path, server: tuple[Path, str]) -> Non
     version = r.stdout.split("bastion db activate ")[1].split()[0]
     assert bastion(["db", "activate", version], tmp_path).returncode == 0
     assert detects(tmp_path, b"feed signature two") == ["Feed.Sig.Two.UNOFFICIAL"]
+    # a file replaced and one removed are served only once published: clients never see them half-done
+    feed = Feed(str(www / "feed"))
+    feed.add([str(write(tmp_path / "new" / "one.ndb", SIG2.replace("Two", "Three").replace(
+        b"feed signature two".hex(), b"feed signature three".hex())))])
+    feed.remove(["two.ndb"])
+    r = update(tmp_path, url)
+    assert r.returncode == 0, r.stderr
+    assert detects(tmp_path, b"feed signature one") == ["Feed.Sig.One.UNOFFICIAL"]
+    feed.publish()
+    assert update(tmp_path, url).returncode == 0
+    assert detects(tmp_path, b"feed signature three") == ["Feed.Sig.Three.UNOFFICIAL"]
+    assert detects(tmp_path, b"feed signature one") == [] and detects(tmp_path, b"feed signature two") == []
     log = [json.loads(x)["record"] for x in bastion(["db", "log", "--json"], tmp_path).stdout.splitlines()]
     assert "bastion update" in log[0]["trigger"] and "main--one.ndb" in log[1]["inputs"]
 

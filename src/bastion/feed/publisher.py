@@ -4,6 +4,7 @@ Update Framework specifies (python-tuf's metadata API; Ed25519 keys, one per rol
 Layout of a feed folder::
 
     keys/<role>.pem              the private keys (0600; keep root's offline in real use)
+    incoming/<file>, REMOVED     what ``add``/``remove`` set for the next release (not served)
     metadata/1.root.json         root (and N.root.json for each rotation), targets.json,
     metadata/root.json           snapshot.json, timestamp.json: what clients fetch
     metadata/staged/<role>.json  a release that waits for more signatures (not served to clients)
@@ -24,6 +25,7 @@ timestamp a day by default): a feed that stops publishing goes stale and clients
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -32,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from securesystemslib.signer import CryptoSigner, SSlibKey
+from tuf.api.exceptions import LengthOrHashMismatchError
 from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Targets, Timestamp
 from tuf.api.serialization.json import JSONSerializer
 
@@ -39,6 +42,7 @@ from bastion.database.atomic import write_file_atomically
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
 MANIFEST = "bastion-feed.json"
+REMOVED = "REMOVED"  # in incoming/: the names the next release drops
 DATA_EXTENSIONS = frozenset({
     ".hdb", ".hsb", ".hdu", ".hsu", ".mdb", ".msb", ".mdu", ".msu", ".ndb", ".ndu", ".ldb", ".ldu", ".cdb",
     ".ftm", ".fp", ".sfp", ".ign", ".ign2", ".imp", ".pdb", ".wdb", ".gdb", ".yar", ".yara", ".cvd", ".cld", ".cud",
@@ -66,6 +70,8 @@ class Feed:
         self.keys_dir = os.path.join(self.dir, "keys")
         self.meta_dir = os.path.join(self.dir, "metadata")
         self.targets_dir = os.path.join(self.dir, "targets")
+        # what the next publish brings: added or replaced files, and REMOVED listing names to drop
+        self.incoming_dir = os.path.join(self.dir, "incoming")
 
     # ------------------------------------------------------------------ keys
     def _key_paths(self, role: str) -> list[str]:
@@ -127,19 +133,51 @@ class Feed:
         return os.path.join(self.meta_dir, "root.json")
 
     def add(self, files: list[str]) -> list[str]:
-        """Copy signature files into the feed (published by the next ``publish``)."""
+        """Copy signature files into ``incoming/``: served from the next release on (what clients
+        download never changes under the metadata that describes it)."""
         added = []
         for path in files:
             name = os.path.basename(path)
             if not is_data(name):
                 raise FeedError(f"{name}: not a signature file; a feed carries data only, never program code")
-            shutil.copyfile(path, os.path.join(self.targets_dir, name))
+            os.makedirs(self.incoming_dir, exist_ok=True)
+            shutil.copyfile(path, os.path.join(self.incoming_dir, name))
+            self._set_removed(self._removed() - {name})
             added.append(name)
         return added
 
     def remove(self, names: list[str]) -> None:
+        """Drop published (or incoming) files from the next release on."""
+        current = set(self._next_files())
+        missing = [n for n in names if n not in current]
+        if missing:
+            raise FeedError(f"not in the feed: {', '.join(missing)}")
         for name in names:
-            os.unlink(os.path.join(self.targets_dir, name))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.incoming_dir, name))
+        self._set_removed(self._removed() | set(names))
+
+    def _removed(self) -> set[str]:
+        try:
+            with open(os.path.join(self.incoming_dir, REMOVED), encoding="utf-8") as fh:
+                return set(json.load(fh))
+        except FileNotFoundError:
+            return set()
+
+    def _set_removed(self, names: set[str]) -> None:
+        os.makedirs(self.incoming_dir, exist_ok=True)
+        write_file_atomically(os.path.join(self.incoming_dir, REMOVED), json.dumps(sorted(names)).encode())
+
+    def _next_files(self) -> dict[str, str]:
+        """The next release's files: the served ones, less the removed, with incoming ones over them."""
+        files = {n: os.path.join(self.targets_dir, n) for n in os.listdir(self.targets_dir)
+                 if n != MANIFEST and is_data(n)}
+        if os.path.isdir(self.incoming_dir):
+            files.update({n: os.path.join(self.incoming_dir, n) for n in os.listdir(self.incoming_dir)
+                          if n != REMOVED and is_data(n)})
+        for name in self._removed():
+            files.pop(name, None)
+        return dict(sorted(files.items()))
 
     def publish(self, days: dict[str, float] | None = None) -> int:
         """Sign the current files: new targets, snapshot and timestamp versions.  Returns the version
@@ -152,10 +190,9 @@ class Feed:
 
     def _publish(self, targets: Metadata, days: dict[str, float] | None,
                  signers: dict[str, list[CryptoSigner]]) -> int:
-        files = sorted(n for n in os.listdir(self.targets_dir) if n != MANIFEST and is_data(n))
-        manifest = json.dumps({"files": files}, indent=2).encode()
-        targets.signed.targets = {
-            name: TargetFile.from_file(name, os.path.join(self.targets_dir, name), ["sha256"]) for name in files}
+        paths = self._next_files()
+        manifest = json.dumps({"files": list(paths)}, indent=2).encode()
+        targets.signed.targets = {name: TargetFile.from_file(name, path, ["sha256"]) for name, path in paths.items()}
         targets.signed.targets[MANIFEST] = TargetFile.from_data(MANIFEST, manifest, ["sha256"])
         snapshot = self._next("snapshot", Snapshot, days)
         snapshot.signed.meta["targets.json"] = MetaFile(version=targets.signed.version)
@@ -179,6 +216,23 @@ class Feed:
     def _release(self) -> None:
         """Serve the staged release: the file list, then targets, snapshot and timestamp (last: the
         one clients start from), each written atomically; until then clients get the previous one."""
+        staged = Metadata.from_file(os.path.join(self.staged_dir, "targets.json"))
+        for name, info in staged.signed.targets.items():  # incoming files must be what was signed
+            path = os.path.join(self.incoming_dir, name)
+            if name != MANIFEST and os.path.exists(path):
+                with open(path, "rb") as fh:
+                    try:
+                        info.verify_length_and_hashes(fh.read())
+                    except LengthOrHashMismatchError:
+                        raise FeedError(f"incoming/{name} changed since it was signed: publish again") from None
+        for name in staged.signed.targets:
+            path = os.path.join(self.incoming_dir, name)
+            if name != MANIFEST and os.path.exists(path):
+                os.replace(path, os.path.join(self.targets_dir, name))
+        for name in self._removed():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.targets_dir, name))
+        shutil.rmtree(self.incoming_dir, ignore_errors=True)
         with open(os.path.join(self.staged_dir, MANIFEST), "rb") as fh:
             write_file_atomically(os.path.join(self.targets_dir, MANIFEST), fh.read())
         for role in ("targets", "snapshot", "timestamp"):
