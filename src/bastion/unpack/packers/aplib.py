@@ -1,36 +1,131 @@
-"""aPLib, the LZ77 format of Jørgen Ibsen's compression library, decoded into a bounded buffer.
+"""The aPLib-style LZ scheme of MEW (and FSG): one compressed chunk decoded in place in a memory image.
 
-Used by packers that compress with aPLib (PESpin, FSG, among others; ClamAV's ``cli_unfsg``).
-Written from the public description of the format:
+Format (learnt from ClamAV's ``unmew`` in libclamav/packlibs.c; the code here is Bastion's own): the
+first byte is copied as is, then tag bits (read from a byte taken when the previous eight are used
+up, most significant bit first) select
 
-* The stream starts with one literal byte.
-* Then tagged items.  Tag bits come from a bit buffer refilled with a whole byte (read most
-  significant bit first) when its 8 bits are used up; literal bytes and offset bytes are read from
-  the same position in between.
-* ``0`` and a byte: a literal.
-* ``111`` and 4 bits: a single byte copied from that distance back, or a zero byte when the
-  distance is 0.
-* ``110`` and a byte ``b``: a match of length 2 + (b & 1) at distance b >> 1, which becomes the
-  repeat distance; a distance of 0 ends the stream.
-* ``10`` and an Elias-gamma number ``g`` (a leading 1, then pairs of value bit and "more" bit):
-  when the previous item was a literal (or a ``111`` byte), ``g`` 2 means "repeat distance", else
-  ``g`` - 3 are the high bits of the distance; otherwise ``g`` 1 ... likewise with ``g`` - 2.
-  A repeat takes its length from a second gamma number.  Otherwise a byte gives the low 8 bits of
-  the distance, a gamma number the length, which grows by 1 for distances of 1280 and more, by
-  another 1 for 32000 and more, and by 2 for distances below 128; the distance becomes the repeat
-  distance.
+* ``0``: a literal byte, copied from the source;
+* ``111`` and four bits: a one-byte match at that distance (distance 0: a zero byte);
+* ``110`` and a byte: its upper seven bits are the distance (0 ends the chunk), its low bit + 2 the
+  length;
+* ``10`` and an Elias-gamma number ``n`` (pairs of value bit and "more" bit after a leading 1):
+  when ``n`` minus 2 (minus 1 after a match) is 0, the previous distance again with a gamma length;
+  otherwise that value - 1 is the distance's high part and a source byte its low 8 bits, followed by
+  a gamma length that grows by 1 for distances >= 0x500 and 0x7d00 and by 2 for distances <= 0x7f.
 
-The decoder never writes past the buffer the caller sized (a packer's declared section size) and
-never reads before its start: both are damage (:class:`AplibError`).  A gamma-coded distance of 0
-(no encoder makes one) writes zero bytes, as ClamAV's decoder does in its zero-filled buffer.
-Every item consumes input, so decoding ends after at most eight items per input byte.  ClamAV's
-decoder also refuses a tag byte that is the last byte of the input; this one reads it (a
-difference only for damaged input).
+Matches may not reach before the chunk's first output byte nor past the output limit; a tag byte
+may not be the source's last byte (both as ClamAV checks).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from bastion.unpack.packers.pe import copy_match
+
+MAX_GAMMA = 1 << 32
+
+
+@dataclass(slots=True)
+class Chunk:
+    """Where a decoded chunk ended: ``src`` just past its end marker, ``dst`` just past its output."""
+
+    src: int
+    dst: int
+
+
+class _Bits:
+    """The tag-bit reader: ``tag`` holds the unread bits of the current tag byte above a sentinel 1."""
+
+    __slots__ = ("buf", "pos", "end", "tag")
+
+    def __init__(self, buf: bytearray, pos: int, end: int) -> None:
+        self.buf, self.pos, self.end, self.tag = buf, pos, end, 0x80
+
+    def bit(self) -> int:
+        tag = self.tag
+        if not tag & 0x7F:  # only the sentinel is left: take the next tag byte
+            if self.pos >= self.end - 1:
+                raise ValueError("compressed data runs out")
+            byte = self.buf[self.pos]
+            self.pos += 1
+            self.tag = (byte << 1 | 1) & 0xFF
+            return byte >> 7
+        self.tag = tag << 1 & 0xFF
+        return tag >> 7 & 1
+
+    def byte(self) -> int:
+        if self.pos >= self.end:
+            raise ValueError("compressed data runs out")
+        self.pos += 1
+        return self.buf[self.pos - 1]
+
+    def gamma(self) -> int:
+        value = 1
+        while True:
+            value = value * 2 + self.bit()
+            if value >= MAX_GAMMA:
+                raise ValueError("number out of range")
+            if not self.bit():
+                return value
+
+
+def decode(buf: bytearray, src: int, src_end: int, dst: int, dst_end: int) -> Chunk:
+    """Decode the chunk at ``buf[src:src_end]`` into ``buf[dst:dst_end]`` (the same buffer, as in
+    memory).  Raises ValueError for data that runs out or reaches outside those bounds; the output
+    is therefore at most ``dst_end - dst`` bytes, whatever the data says."""
+    if not (0 <= src < src_end <= len(buf) and 0 <= dst < dst_end <= len(buf)):
+        raise ValueError("chunk outside the image")
+    bits = _Bits(buf, src, src_end)
+    start = dst
+    buf[dst] = bits.byte()
+    dst += 1
+    after_literal = 1  # ClamAV's "lostbit": the gamma offset code is one shorter after a match
+    last = 0
+    while True:
+        if not bits.bit():
+            if dst >= dst_end:
+                raise ValueError("output overflows the image")
+            buf[dst] = bits.byte()
+            dst += 1
+            after_literal = 1
+            continue
+        if bits.bit():
+            if bits.bit():  # 111: a short match of one byte
+                distance = 1
+                for _ in range(4):
+                    distance = distance * 2 + bits.bit()
+                distance &= 0xF
+                after_literal = 1
+                if not distance:
+                    if dst >= dst_end:
+                        raise ValueError("output overflows the image")
+                    buf[dst] = 0
+                    dst += 1
+                    continue
+                length = 1
+            else:  # 110: distance and length in one byte
+                byte = bits.byte()
+                distance, length = byte >> 1, 2 + (byte & 1)
+                if not distance:
+                    return Chunk(bits.pos, dst)
+                last = distance
+                after_literal = 0
+        else:  # 10: a gamma-coded match
+            high = bits.gamma() - 1 - after_literal
+            if not high:
+                distance, length = last, bits.gamma()
+            else:
+                distance = bits.byte() + ((high - 1) << 8)
+                length = bits.gamma()
+                length += (distance >= 0x7D00) + (distance >= 0x500) + 2 * (distance <= 0x7F)
+                last = distance
+            after_literal = 0
+        if dst + length > dst_end or dst - distance < start:
+            raise ValueError("match outside the output")
+        if distance:
+            copy_match(buf, dst, dst - distance, length)
+        dst += length  # a distance of 0 copies each byte onto itself
 
 
 class AplibError(ValueError):
@@ -38,87 +133,14 @@ class AplibError(ValueError):
 
 
 def decompress(src: bytes | bytearray | memoryview, size: int) -> tuple[bytes, int]:
-    """``(output, consumed)``: the stream in ``src`` decoded up to its end marker, at most ``size``
-    bytes (an item that would write more raises :class:`AplibError`), and how many input bytes it
-    took (the end marker included)."""
+    """``(output, consumed)``: one stream decoded into a fresh buffer (PESpin's sections) up to its end
+    marker, at most ``size`` bytes, and how many input bytes it took (the end marker included)."""
     data = bytes(src)
-    end = len(data)
-    if size <= 0 or not end:
+    if size <= 0 or not data:
         raise AplibError("aPLib: empty input or output")
-    out = bytearray(size)
-    out[0] = data[0]
-    o, pos = 1, 1
-    tag, bits = 0, 0
-    last_literal = True  # the previous item was a literal (or a "111" byte)
-    rep = 0
-
-    def bit() -> int:
-        nonlocal tag, bits, pos
-        if not bits:
-            if pos >= end:
-                raise AplibError("aPLib: input ends inside a tag")
-            tag, bits = data[pos], 8
-            pos += 1
-        bits -= 1
-        return (tag >> bits) & 1
-
-    def gamma() -> int:
-        value = 1
-        while True:
-            value = (value << 1) | bit()
-            if not bit():
-                return value
-            if value > size:  # no length or distance may exceed the output
-                raise AplibError("aPLib: number larger than the output")
-
-    def byte() -> int:
-        nonlocal pos
-        if pos >= end:
-            raise AplibError("aPLib: input ends inside an item")
-        pos += 1
-        return data[pos - 1]
-
-    while True:
-        if not bit():  # 0: literal
-            if o >= size:
-                raise AplibError("aPLib: output larger than declared")
-            out[o] = byte()
-            o += 1
-            last_literal = True
-            continue
-        if bit():
-            if bit():  # 111: one byte from a 4-bit distance, or a zero byte
-                dist = (bit() << 3) | (bit() << 2) | (bit() << 1) | bit()
-                if o >= size or dist > o:
-                    raise AplibError("aPLib: short copy outside the output")
-                out[o] = out[o - dist] if dist else 0
-                o += 1
-                last_literal = True
-                continue
-            b = byte()  # 110: short match
-            dist, length = b >> 1, 2 + (b & 1)
-            if not dist:
-                return bytes(out[:o]), pos
-            rep = dist
-        else:  # 10: gamma-coded match
-            high = gamma() - (3 if last_literal else 2)
-            if high < 0:  # the repeat distance
-                dist = rep
-                length = gamma()
-            else:
-                dist = (high << 8) | byte()
-                length = gamma()
-                if dist >= 32000:
-                    length += 1
-                if dist >= 1280:
-                    length += 1
-                if dist < 128:
-                    length += 2
-                rep = dist
-        if dist > o or o + length > size:
-            raise AplibError(f"aPLib: match (distance {dist}, length {length}) outside the output")
-        if dist:
-            copy_match(out, o, o - dist, length)
-        # distance 0 copies the not yet written (zero) bytes onto themselves, as in ClamAV
-        o += length
-        last_literal = False
+    buf = bytearray(data) + bytearray(size)
+    try:
+        chunk = decode(buf, 0, len(data), len(data), len(data) + size)
+    except ValueError as exc:
+        raise AplibError(f"aPLib: {exc}") from None
+    return bytes(buf[len(data):chunk.dst]), chunk.src
