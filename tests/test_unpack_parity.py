@@ -23,7 +23,6 @@ BODY = "Parity.ClamExe.Body"
 HASH = "Parity.ClamExe.Hash"
 NOT_YET = {
     "clam-mew.exe": "MEW 11 SE: its LZMA variant (ClamAV's own range decoder, mew.c) is not decoded yet",
-    "clam-pespin.exe": "PESpin 1.1: its sections are encrypted by per-file x86 code that clamscan interprets",
     "clam-upack.exe": "Upack: its LZMA variant (shared with MEW in ClamAV) and layout are not decoded yet",
     "clam-yc.exe": "yoda's Crypter over UPX: clamscan decrypts by interpreting the stub's polymorphic "
                    "decryptor, and Bastion never emulates a stub",
