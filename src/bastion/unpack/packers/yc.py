@@ -118,7 +118,8 @@ def unpack(pe: PackedPe, limits: UnpackLimits, name: str) -> Unpacked | None:
     if last.raw_size and uraw + ursz > fsize:
         ursz = max(0, fsize - uraw)
     kept = fsize - ursz
-    program = _program(data, yc + (0x3EA if offset == -0x18 else 0x457), name)
+    snippet = yc + (0x3EA if offset == -0x18 else 0x457)
+    program = _program(data, snippet, name)
     for j, sec in enumerate(pe.sections[:-1]):  # layer 2
         sec_name, uraw_j, ursz_j = rows[j]
         if not sec.raw_offset or not sec.raw_size or sec_name[:4] in SKIPPED_NAMES or sec_name[:2] == b"yC":
@@ -130,6 +131,8 @@ def unpack(pe: PackedPe, limits: UnpackLimits, name: str) -> Unpacked | None:
         length = min(ursz_j, kept - sec.raw_offset)
         if sec.raw_offset + length > fsize:
             raise PackerError("broken", f"{name}: yC: section {j} runs out of the file")
+        if sec.raw_offset < snippet + SNIPPET_LEN + 3 and snippet < sec.raw_offset + length:
+            raise PackerError("unsupported", f"{name}: yC: section {j} covers its own decryptor")
         apply(program, data, sec.raw_offset, length, ursz_j)
     opt = pe_at + 0x18
     if yc + 0xA13 > fsize or opt + 0x70 > fsize:
