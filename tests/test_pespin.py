@@ -1,6 +1,6 @@
-"""PESpin 1.1: clamav-testfiles' clam-pespin.exe recognised and its data layers decrypted (checked
-against the values clamscan 1.4.6 --debug prints), the data steps after the per-file x86 layer on
-made sections, and hostile files."""
+"""PESpin 1.1: clamav-testfiles' clam-pespin.exe recognised, its layers decrypted (checked against
+the values clamscan 1.4.6 --debug prints) and unpacked to clam.exe's code, the data steps on made
+sections, and hostile files (damaged or non-whitelisted poly snippets among them)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ from tests.test_clamscan_parity import TESTFILES
 
 # clamscan 1.4.6 --debug on clam-pespin.exe: "Key8 is 91", "Key is 47b3f060, Len is 5a0",
 # "Key32 is 3523a0f5 - XORbitmap is b", "Key is 43a806db, Len is 180", "Compression bitmap is 8"
+# "POLYbitmap is b"
 KEY8, KEY2, KEY32, XOR_BITMAP, KEY5, COMPRESS_BITMAP = 0x91, 0x47B3F060, 0x3523A0F5, 0xB, 0x43A806DB, 0x8
+POLY_BITMAP = 0xB
 
 
 def _testfile() -> bytes:
@@ -47,10 +49,15 @@ def test_testfile_layers_match_clamav() -> None:
     assert _u32(spin.stub, spin.ep + 0x650) == KEY5
     assert (spin.xor_bitmap, spin.compress_bitmap, spin.resources_rva) == (XOR_BITMAP, COMPRESS_BITMAP, 0)
     assert pespin.section_key(pe, spin) == KEY32
-    # recognised, and reported: step 6 (the per-file x86 snippet) is not interpreted
+    # step 6 read as data: "POLYbitmap is b"; then decompressed and rebuilt around clam.exe's code
+    layers = pespin.undo_layers(pe, spin, "t.exe")
+    assert _u32(layers, pe.sections[-1].raw_offset + spin.ep + 0x6F1) == POLY_BITMAP
     items = unpack_all(data)
-    assert [type(i) for i in items] == [LimitExceeded] and items[0].limit == "unsupported"
-    assert "x86" in items[0].detail
+    assert [type(i) for i in items] == [ChildObject] and items[0].name == "pespin-unpacked"
+    child = bytes(items[0].data)
+    assert read_pe32(child) is not None
+    exe = (TESTFILES / "clam.exe").read_bytes()
+    assert exe[0x1F8:0x220] in child and exe[0x400:] in child
 
 
 def test_lfsr_and_checksum() -> None:
@@ -113,16 +120,22 @@ def test_xor_sections_bounds() -> None:
         pespin.xor_sections(data, pe, 0b10, 0x1234, "t")
 
 
-def _patch_decrypted(data: bytearray, at: int, value: int) -> None:
-    """Set the u32 that decrypt_stub reads at stub offset ``at`` (under layer 2) to ``value``."""
+def _patch_decrypted_bytes(data: bytearray, at: int, raw: bytes) -> None:
+    """Make the bytes decrypt_stub gives at entry offset ``at`` (under its XOR layers) ``raw``."""
     pe = read_pe32(bytes(data))
     assert pe is not None
     spin = pespin.decrypt_stub(pe, "t")
     assert spin is not None
     last = pe.sections[-1]
-    delta = (_u32(spin.stub, spin.ep + at) ^ value).to_bytes(4, "little")
+    now = spin.stub[spin.ep + at:spin.ep + at + len(raw)]
     base = last.raw_offset + spin.ep + at
-    data[base:base + 4] = bytes(a ^ b for a, b in zip(data[base:base + 4], delta, strict=True))
+    data[base:base + len(raw)] = bytes(a ^ b ^ c for a, b, c in zip(data[base:base + len(raw)], now, raw,
+                                                                    strict=True))
+
+
+def _patch_decrypted(data: bytearray, at: int, value: int) -> None:
+    """Set the u32 that decrypt_stub reads at stub offset ``at`` (under layer 2) to ``value``."""
+    _patch_decrypted_bytes(data, at, value.to_bytes(4, "little"))
 
 
 def test_hostile_pespin_files() -> None:
@@ -143,7 +156,23 @@ def test_hostile_pespin_files() -> None:
     # the file over max-filesize
     items = unpack_all(data, UnpackLimits(max_filesize=len(data) - 1))
     assert [i.limit for i in items if isinstance(i, LimitExceeded)] == ["max-filesize"]
-    # truncated anywhere and random damage: never an exception, never a child
+    # the poly snippet at + 0x28ec (step 6): a memory write, a call, no stosb after it, a jump back
+    # onto itself, a jump out of it: "unsupported", nothing run
+    for at, raw in ((0, b"\x88\x06"), (0x16, b"\xe8\0\0\0\0"), (0x24, b"\x90"), (0x13, b"\xeb\xfe"),
+                    (0, b"\xeb\x7f")):
+        bad = bytearray(data)
+        _patch_decrypted_bytes(bad, 0x28EC + at, raw)
+        items = unpack_all(bytes(bad))
+        assert [i.limit for i in items if isinstance(i, LimitExceeded)] == ["unsupported"], (at, items)
+    # a changed constant is still a whitelisted snippet: it decodes the sections to garbage, which
+    # does not decompress ("broken") or, at worst, gives a child without clam.exe's code
+    bad = bytearray(data)
+    _patch_decrypted_bytes(bad, 0x28EC + 3, b"\x00")  # add al, 0xc3 -> add al, 0
+    for item in unpack_all(bytes(bad)):
+        assert isinstance(item, LimitExceeded) and item.limit in ok or \
+            (TESTFILES / "clam.exe").read_bytes()[0x1F8:0x220] not in bytes(item.data)
+    # truncated anywhere and random damage: never an exception; a child only for a file whose
+    # damage left the layers whole (outside the checksummed bytes), and then a PE
     start = time.monotonic()
     rng = random.Random(11)
     cases = [data[:n] for n in range(0, len(data), 509)]
@@ -154,5 +183,28 @@ def test_hostile_pespin_files() -> None:
         cases.append(bytes(bad))
     for case in cases:
         for item in unpack_all(case):
-            assert isinstance(item, LimitExceeded) and item.limit in ok, item
+            if isinstance(item, ChildObject):
+                assert read_pe32(bytes(item.data)) is not None
+            else:
+                assert item.limit in ok, item
     assert time.monotonic() - start < 60
+
+
+def test_huge_poly_sections_are_bounded() -> None:
+    # a section that says it is larger than the file: refused before any byte is transformed
+    data = bytearray(0x800)
+    with pytest.raises(PackerError) as err:
+        pespin.run_snippet(data, 0, 0x100, 0x7FFF_FFFF, "t")
+    assert err.value.kind == "unsupported"  # all zeros: "add [eax], al" is outside the whitelist
+    data[:0x25] = bytes.fromhex("90" * 0x24 + "aa")
+    with pytest.raises(PackerError) as err:
+        pespin.run_snippet(data, 0, 0x100, 0x7FFF_FFFF, "t")
+    assert err.value.kind == "broken"
+    with pytest.raises(PackerError) as err:  # a range over its own snippet
+        pespin.run_snippet(data, 0x10, 0, 0x100, "t")
+    assert err.value.kind == "unsupported"
+    start = time.monotonic()
+    big = bytearray(4 << 20)
+    big[:0x25] = bytes.fromhex("02c1" * 0x12 + "aa")
+    pespin.run_snippet(big, 0, 0x100, len(big) - 0x100, "t")
+    assert time.monotonic() - start < 5

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from bastion.unpack.base import ChildObject, LimitExceeded, UnpackLimits, register
-from bastion.unpack.packers import aspack, mew, pespin, petite, upack, upx, wwpack
+from bastion.unpack.packers import aspack, mew, pespin, petite, upack, upx, wwpack, yc
 from bastion.unpack.packers.pe import PackedPe, PackerError, Unpacked, read_pe32
 from bastion.unpack.packers.rebuild import rebuild
 from bastion.unpack.pe_installers import _as_bytes
@@ -24,6 +24,7 @@ PACKERS: tuple[tuple[str, Callable[[PackedPe, UnpackLimits, str], Unpacked | Non
     ("upx", upx.unpack),
     ("petite", petite.unpack),
     ("pespin", pespin.unpack),
+    ("yc", yc.unpack),
     ("wwpack", wwpack.unpack),
     ("aspack", aspack.unpack),
     ("mew", mew.unpack),

@@ -1,6 +1,5 @@
-"""PESpin 1.1-protected executables: recognised, and the layers that are data decrypted.  One layer
-is code generated per file (step 6 below), so no file is unpacked: a recognised file is reported
-"unsupported".
+"""PESpin 1.1-protected executables: recognised, every layer decrypted, the sections decompressed and
+rebuilt into a PE.
 
 Recognised as ClamAV 1.4 recognises them (pe.c): more than one section, the entry point in the last
 section (PESpin's) more than 0x321b bytes before the end of its raw data, the code at entry + 4
@@ -30,15 +29,12 @@ ClamAV's steps (offsets from the entry point in PESpin's section):
    the resources (from the RVA in the u32 at + 0x2fee to the end of their section, when that
    section is not compressed already) likewise, and the sections rebuilt into a PE.
 
-Step 6 interprets the stub's instructions, which Bastion never does: the transform is not an
-algorithm with keys at fixed places but a program chosen per file.  Every PESpin 1.1 file has it
-(the bitmap that says which sections it covers sits inside the bytes it decrypts itself; for
-clam-pespin.exe clamscan prints 0xb, the three sections the XOR layer covers, the compressed one
-among them).  So :func:`unpack` checks steps 1, 2
-and 5 (markers and bounds; a damaged stub is "broken") and reports the file "unsupported".
-Steps 3, 4 and 7 are written as data steps (:func:`section_key`, :func:`xor_sections`,
-:func:`grow_sections`) and tested on their own: step 3 gives the key clamscan 1.4.6 prints for
-clam-pespin.exe.
+Step 6 is read as data, never run: :mod:`bastion.unpack.packers.bytecrypt` translates each snippet
+(which must be 0x24 bytes of its whitelist followed by the ``stosb`` byte 0xaa, as ClamAV requires)
+into a list of byte operations once and applies it to the bytes, with CL counting down from the
+length of the range (0x1a1 or the section's raw size); a snippet outside the whitelist makes the
+file "unsupported".  For clam-pespin.exe the poly bitmap is 0xb, the three sections the XOR layer
+covers, the compressed one among them.
 """
 
 from __future__ import annotations
@@ -47,6 +43,7 @@ from dataclasses import dataclass
 
 from bastion.unpack.base import UnpackLimits
 from bastion.unpack.packers.aplib import AplibError, decompress
+from bastion.unpack.packers.bytecrypt import SnippetError, apply, translate
 from bastion.unpack.packers.pe import PackedPe, PackerError, Unpacked, size_check
 from bastion.unpack.packers.rebuild import sections_as_file
 
@@ -56,6 +53,7 @@ KEY8_LEN = 0x11FE
 LAYER2_LEN = 0x5A0
 LAYER5_LEN = 0x180
 POLY1_LEN = 0x1A1
+POLY_CODE_LEN = 0x24  # the poly snippets' length, then stosb (0xaa)
 IMAGE_BASE = 0x400000  # ClamAV rebuilds every PESpin file at this base, entry point 0x1000
 
 
@@ -205,15 +203,51 @@ def rebuild_sections(sections: list[tuple[int, int, bytes]]) -> bytes:
     return sections_as_file(sections, IMAGE_BASE, 0x1000)
 
 
+def run_snippet(data: bytearray, snippet_at: int, start: int, length: int, name: str) -> None:
+    """Step 6 on one range: the snippet at ``snippet_at`` in ``data`` translated (0x24 bytes and the
+    0xaa after them) and applied to ``length`` bytes from ``start``, CL counting down from
+    ``length``.  "unsupported" for a snippet outside the whitelist, "broken" for a range out of
+    ``data``."""
+    code = data[snippet_at:snippet_at + POLY_CODE_LEN + 1]
+    try:
+        program = translate(code, POLY_CODE_LEN)
+    except SnippetError as exc:
+        raise PackerError("unsupported", f"{name}: PESpin poly snippet: {exc}") from None
+    if program.end != POLY_CODE_LEN or len(code) <= POLY_CODE_LEN or code[POLY_CODE_LEN] != 0xAA:
+        raise PackerError("unsupported", f"{name}: PESpin poly snippet does not end at +0x24 with stosb")
+    if start < 0 or start + length > len(data):
+        raise PackerError("broken", f"{name}: PESpin: poly range out of the file")
+    if start < snippet_at + POLY_CODE_LEN + 1 and snippet_at < start + length:
+        raise PackerError("unsupported", f"{name}: PESpin: a poly range covers its own snippet")
+    apply(program, data, start, length, length)
+
+
+def undo_layers(pe: PackedPe, spin: SpinStub, name: str) -> bytearray:
+    """Steps 3, 4 and 6 on a copy of the packed file with PESpin's section replaced by ``spin``'s
+    decrypted one, in ClamAV's order and on the same buffer."""
+    last = pe.sections[-1]
+    data = bytearray(pe.data)
+    data[last.raw_offset:last.raw_offset + len(spin.stub)] = spin.stub
+    xor_sections(data, pe, spin.xor_bitmap, section_key(pe, spin), name)  # steps 3 and 4
+    ep = last.raw_offset + spin.ep
+    run_snippet(data, ep + 0x28EC, ep + 0x6D4, POLY1_LEN, name)  # step 6, the stub's 0x1a1 bytes
+    bitmap = _u32(data, ep + 0x6F1)
+    for j, sec in enumerate(pe.sections[:-1]):
+        if bitmap >> j & 1 and sec.raw_size:
+            run_snippet(data, ep + 0x755, sec.raw_offset, sec.raw_size, name)
+    return data
+
+
 def unpack(pe: PackedPe, limits: UnpackLimits, name: str) -> Unpacked | None:
-    """None unless ``pe`` is PESpin 1.1; then "unsupported" (step 6, see the module docstring)
-    or "broken"."""
+    """None unless ``pe`` is PESpin 1.1; then its program rebuilt into a PE, or "broken",
+    "unsupported" (a snippet outside bytecrypt's whitelist) or a limit."""
     if not detect(pe):
         return None
     size_check(limits, name, len(pe.data), len(pe.data))  # ClamAV's CLI_UNPSIZELIMITS(fsize)
     spin = decrypt_stub(pe, name)
     if spin is None:
         return None
-    raise PackerError("unsupported", f"{name}: PESpin 1.1: its sections are encrypted by a snippet "
-                      "of x86 code generated per file, which ClamAV interprets and Bastion never does")
-
+    data = undo_layers(pe, spin, name)
+    ep = pe.sections[-1].raw_offset + spin.ep
+    sections = grow_sections(bytes(data), pe, _u32(data, ep + 0x3061), _u32(data, ep + 0x2FEE), limits, name)
+    return Unpacked(rebuild_sections(sections), 0, "pespin-aplib", is_file=True)
