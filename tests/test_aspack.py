@@ -13,8 +13,7 @@ import pytest
 from bastion.unpack.base import ChildObject, LimitExceeded, UnpackLimits
 from bastion.unpack.packers.aspack import _Bits, _Code
 from bastion.unpack.packers.pe import read_pe32
-from bastion.unpack.pe_packers import PePackerUnpacker
-from tests.test_clamscan_parity import TESTFILES
+from tests.test_pe_packers import clamav_testfile, unpack_all
 
 BLOCKS = 0xC00 + 0x57C  # clam-aspack.exe: the stub's file offset + ASPack 2.12's block list
 TABLE = 0xC8 + 24 + 224  # its section table
@@ -22,18 +21,8 @@ TABLE = 0xC8 + 24 + 224  # its section table
 SECTION_SHA256 = "92ca1c268866d9fcb722ecf5a74b110bb36fbf3ec3d84813582bd61b5ced622c"
 
 
-def _testfile(name: str) -> bytes:
-    if not (TESTFILES / name).exists():
-        pytest.skip("clamav-testfiles is not installed")
-    return (TESTFILES / name).read_bytes()
-
-
-def unpack_all(data: bytes, limits: UnpackLimits | None = None) -> list[ChildObject | LimitExceeded]:
-    return list(PePackerUnpacker().children(data, "t.exe", limits or UnpackLimits()))
-
-
 def test_testfile_unpacks_like_clamav() -> None:
-    (child,) = unpack_all(_testfile("clam-aspack.exe"))
+    (child,) = unpack_all(clamav_testfile("clam-aspack.exe"))
     assert isinstance(child, ChildObject) and child.name == "aspack-unpacked"
     assert child.container_path == "t.exe!aspack-unpacked"
     pe = read_pe32(child.data)
@@ -42,7 +31,7 @@ def test_testfile_unpacks_like_clamav() -> None:
     data = b"".join(child.data[s.raw_offset:s.raw_offset + 0x1000] for s in pe.sections)
     assert hashlib.sha256(data).hexdigest() == SECTION_SHA256
     # clam.exe lies at the end of the last section, where clamscan finds it as an embedded PE
-    assert child.data.endswith(_testfile("clam.exe"))
+    assert child.data.endswith(clamav_testfile("clam.exe"))
 
 
 def test_code_builder() -> None:
@@ -62,7 +51,7 @@ def test_code_builder() -> None:
 
 
 def test_hostile_aspack_files() -> None:
-    packed = _testfile("clam-aspack.exe")
+    packed = clamav_testfile("clam-aspack.exe")
     big = bytearray(packed)
     struct.pack_into("<I", big, TABLE + 4 * 40 + 8, 0x7FFF_0000)  # ASPack's section's vsize
     (item,) = unpack_all(bytes(big))

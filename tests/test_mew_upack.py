@@ -17,23 +17,12 @@ import pytest
 from bastion.unpack.base import ChildObject, LimitExceeded, UnpackLimits
 from bastion.unpack.packers import aplib, lzma_variant, mew
 from bastion.unpack.packers.pe import read_pe32
-from bastion.unpack.pe_packers import PePackerUnpacker
-from tests.test_clamscan_parity import TESTFILES
+from tests.test_pe_packers import clamav_testfile, unpack_all
 
 # sha256 of the sections' raw data as ClamAV 1.4.6 rebuilds them (its --leave-temps output)
 MEW_SHA256 = "cabe062f7bbfc17586973730f55d667b1a00505240d62f0d68eb9ae4011055ed"
 UPACK_SHA256 = "14081697d2d05f26e18800e524ccff5188ae5a92c386046200a7bf3629bc22f5"
 BROKEN_OR_LIMIT = ("broken", "max-filesize", "max-ratio")
-
-
-def _testfile(name: str) -> bytes:
-    if not (TESTFILES / name).exists():
-        pytest.skip("clamav-testfiles is not installed")
-    return (TESTFILES / name).read_bytes()
-
-
-def unpack_all(data: bytes, limits: UnpackLimits | None = None) -> list[ChildObject | LimitExceeded]:
-    return list(PePackerUnpacker().children(data, "t.exe", limits or UnpackLimits()))
 
 
 def _check_child(child: ChildObject | LimitExceeded, packer: str, sections: list[tuple[int, int]],
@@ -46,16 +35,16 @@ def _check_child(child: ChildObject | LimitExceeded, packer: str, sections: list
     body = b"".join(child.data[s.raw_offset:s.raw_offset + s.raw_size] for s in pe.sections)
     assert hashlib.sha256(body).hexdigest() == sha256
     archive = zipfile.ZipFile(io.BytesIO(child.data[child.data.find(b"PK\3\4"):]))
-    assert archive.read("clam.exe") == _testfile("clam.exe")
+    assert archive.read("clam.exe") == clamav_testfile("clam.exe")
 
 
 def test_mew_testfile_unpacks_like_clamav() -> None:
-    (child,) = unpack_all(_testfile("clam-mew.exe"))
+    (child,) = unpack_all(clamav_testfile("clam-mew.exe"))
     _check_child(child, "mew", [(0x1000 * i, 0x1000) for i in range(1, 6)], MEW_SHA256, 0x1020)
 
 
 def test_upack_testfile_unpacks_like_clamav() -> None:
-    (child,) = unpack_all(_testfile("clam-upack.exe"))
+    (child,) = unpack_all(clamav_testfile("clam-upack.exe"))
     # ClamAV writes the entry point image-relative (0x20); Bastion keeps the real RVA
     _check_child(child, "upack", [(0x1000, 0x4200)], UPACK_SHA256, 0x1020)
 
@@ -200,7 +189,7 @@ def test_mew_lzma_chunks_and_calls() -> None:
 @pytest.mark.parametrize(("name", "stub_area"), [("clam-mew.exe", (0x154, 0x200)),
                                                  ("clam-upack.exe", (0x18, 0x200))])
 def test_hostile_files(name: str, stub_area: tuple[int, int]) -> None:
-    packed = _testfile(name)
+    packed = clamav_testfile(name)
     pe = read_pe32(packed)
     assert pe is not None
     lfanew = int.from_bytes(packed[0x3C:0x40], "little")

@@ -63,6 +63,7 @@ def packable_pe() -> bytes:
 
 
 def unpack_all(data: bytes, limits: UnpackLimits | None = None) -> list[ChildObject | LimitExceeded]:
+    """What the PE-packer plug-in makes of ``data`` (shared by every packer's tests)."""
     return list(PePackerUnpacker().children(data, "t.exe", limits or UnpackLimits()))
 
 
@@ -230,7 +231,8 @@ def test_hostile_upx_files(method: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------- WWPack
-def _testfile(name: str) -> bytes:
+def clamav_testfile(name: str) -> bytes:
+    """A clamav-testfiles file (the test is skipped where the package is missing)."""
     if not (TESTFILES / name).exists():
         pytest.skip("clamav-testfiles is not installed")
     return (TESTFILES / name).read_bytes()
@@ -242,7 +244,7 @@ def test_wwpack_testfile_unpacks() -> None:
     import io
     import zipfile
 
-    packed = _testfile("clam-wwpack.exe")
+    packed = clamav_testfile("clam-wwpack.exe")
     (child,) = unpack_all(packed)
     assert isinstance(child, ChildObject) and child.name == "wwpack-unpacked"
     rebuilt = child.data
@@ -252,11 +254,11 @@ def test_wwpack_testfile_unpacks() -> None:
     assert at > 0
     with zipfile.ZipFile(io.BytesIO(rebuilt[at:])) as archive:
         (member,) = archive.namelist()
-        assert archive.read(member) == _testfile("clam.exe")
+        assert archive.read(member) == clamav_testfile("clam.exe")
 
 
 def test_hostile_wwpack_files() -> None:
-    packed = _testfile("clam-wwpack.exe")
+    packed = clamav_testfile("clam-wwpack.exe")
     section = 0xC00
     records = section + 0x2A1
     big = bytearray(packed)

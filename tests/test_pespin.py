@@ -13,9 +13,9 @@ from bastion.formats.executable import Section
 from bastion.unpack.base import ChildObject, LimitExceeded, UnpackLimits
 from bastion.unpack.packers import pespin
 from bastion.unpack.packers.pe import PackedPe, PackerError, read_pe32
-from bastion.unpack.pe_packers import PePackerUnpacker
 from tests.aplib_encoder import compress
 from tests.test_clamscan_parity import TESTFILES
+from tests.test_pe_packers import clamav_testfile, unpack_all
 
 # clamscan 1.4.6 --debug on clam-pespin.exe: "Key8 is 91", "Key is 47b3f060, Len is 5a0",
 # "Key32 is 3523a0f5 - XORbitmap is b", "Key is 43a806db, Len is 180", "Compression bitmap is 8"
@@ -24,22 +24,12 @@ KEY8, KEY2, KEY32, XOR_BITMAP, KEY5, COMPRESS_BITMAP = 0x91, 0x47B3F060, 0x3523A
 POLY_BITMAP = 0xB
 
 
-def _testfile() -> bytes:
-    if not (TESTFILES / "clam-pespin.exe").exists():
-        pytest.skip("clamav-testfiles is not installed")
-    return (TESTFILES / "clam-pespin.exe").read_bytes()
-
-
-def unpack_all(data: bytes, limits: UnpackLimits | None = None) -> list[ChildObject | LimitExceeded]:
-    return list(PePackerUnpacker().children(data, "t.exe", limits or UnpackLimits()))
-
-
 def _u32(data: bytes, at: int) -> int:
     return int.from_bytes(data[at:at + 4], "little")
 
 
 def test_testfile_layers_match_clamav() -> None:
-    data = _testfile()
+    data = clamav_testfile("clam-pespin.exe")
     pe = read_pe32(data)
     assert pe is not None and pespin.detect(pe)
     spin = pespin.decrypt_stub(pe, "t.exe")
@@ -139,7 +129,7 @@ def _patch_decrypted(data: bytearray, at: int, value: int) -> None:
 
 
 def test_hostile_pespin_files() -> None:
-    data = _testfile()
+    data = clamav_testfile("clam-pespin.exe")
     pe = read_pe32(data)
     assert pe is not None
     ok = {"broken", "unsupported", "max-filesize", "max-ratio"}

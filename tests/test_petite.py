@@ -15,22 +15,11 @@ import pytest
 from bastion.unpack.base import ChildObject, LimitExceeded, UnpackLimits
 from bastion.unpack.packers.pe import read_pe32
 from bastion.unpack.packers.petite import decode_section
-from bastion.unpack.pe_packers import PePackerUnpacker
-from tests.test_clamscan_parity import TESTFILES
+from tests.test_pe_packers import clamav_testfile, unpack_all
 
 RECORDS = 0x400 + 0x1B8  # clam-petite.exe: the packer's section's file offset + 0x1b8
 # sha256 of the three decoded sections as ClamAV 1.4.6 rebuilds them (its --leave-temps output)
 SECTION_SHA256 = "532f9bcae215e69c0bfbc12da5144362e9ecde8890b6342c7b9dc5f3160e163a"
-
-
-def _testfile(name: str) -> bytes:
-    if not (TESTFILES / name).exists():
-        pytest.skip("clamav-testfiles is not installed")
-    return (TESTFILES / name).read_bytes()
-
-
-def unpack_all(data: bytes, limits: UnpackLimits | None = None) -> list[ChildObject | LimitExceeded]:
-    return list(PePackerUnpacker().children(data, "t.exe", limits or UnpackLimits()))
 
 
 class StreamWriter:
@@ -73,7 +62,7 @@ class StreamWriter:
 
 
 def test_testfile_unpacks_like_clamav() -> None:
-    (child,) = unpack_all(_testfile("clam-petite.exe"))
+    (child,) = unpack_all(clamav_testfile("clam-petite.exe"))
     assert isinstance(child, ChildObject) and child.name == "petite-unpacked"
     assert child.container_path == "t.exe!petite-unpacked"
     pe = read_pe32(child.data)
@@ -85,7 +74,7 @@ def test_testfile_unpacks_like_clamav() -> None:
     assert hashlib.sha256(data).hexdigest() == SECTION_SHA256
     # the program carries clam.exe in a zip: what clamscan reports the hash on
     archive = zipfile.ZipFile(io.BytesIO(child.data[child.data.find(b"PK\3\4"):]))
-    assert archive.read("clam.exe") == _testfile("clam.exe")
+    assert archive.read("clam.exe") == clamav_testfile("clam.exe")
 
 
 def test_decoder_on_made_streams() -> None:
@@ -122,7 +111,7 @@ def test_decoder_bomb_and_damage() -> None:
 
 
 def test_hostile_petite_files() -> None:
-    packed = _testfile("clam-petite.exe")
+    packed = clamav_testfile("clam-petite.exe")
     big = bytearray(packed)
     struct.pack_into("<I", big, 0xF0 + 24 + 224 + 3 * 40 + 8, 0x7FFF_0000)  # the last section's vsize
     (item,) = unpack_all(bytes(big))

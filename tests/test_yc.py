@@ -8,29 +8,17 @@ import random
 import struct
 import time
 
-import pytest
-
 from bastion.formats.executable import Section
 from bastion.unpack.base import ChildObject, LimitExceeded, UnpackLimits
 from bastion.unpack.packers import yc
 from bastion.unpack.packers.bytecrypt import translate
 from bastion.unpack.packers.pe import read_pe32
-from bastion.unpack.pe_packers import PePackerUnpacker
 from tests.test_clamscan_parity import TESTFILES
+from tests.test_pe_packers import clamav_testfile, unpack_all
 
 # clamscan 1.4.6 --debug on clam-yc.exe: "yC: offset: 0, length: b6b", the file cut at 0xc00
 OFFSET, ECX, KEPT = 0, 0xB6B, 0xC00
 OK = {"broken", "unsupported", "max-filesize", "max-ratio"}
-
-
-def _testfile() -> bytes:
-    if not (TESTFILES / "clam-yc.exe").exists():
-        pytest.skip("clamav-testfiles is not installed")
-    return (TESTFILES / "clam-yc.exe").read_bytes()
-
-
-def unpack_all(data: bytes, limits: UnpackLimits | None = None) -> list[ChildObject | LimitExceeded]:
-    return list(PePackerUnpacker().children(data, "t.exe", limits or UnpackLimits()))
 
 
 def _limits(items: list[ChildObject | LimitExceeded]) -> list[str]:
@@ -38,7 +26,7 @@ def _limits(items: list[ChildObject | LimitExceeded]) -> list[str]:
 
 
 def test_testfile_decrypted_and_upx_inside() -> None:
-    data = _testfile()
+    data = clamav_testfile("clam-yc.exe")
     pe = read_pe32(data)
     assert pe is not None and yc.detect(pe) == (OFFSET, ECX)
     items = unpack_all(data)
@@ -68,7 +56,7 @@ def _set_layer1(data: bytearray, at: int, raw: bytes) -> None:
 
 
 def test_hostile_decryptors() -> None:
-    data = _testfile()
+    data = clamav_testfile("clam-yc.exe")
     pe = read_pe32(data)
     assert pe is not None
     first = pe.entry + 0x33  # layer 1's decryptor, entry + 0x33 = yC section + 0x93
@@ -89,7 +77,7 @@ def test_hostile_decryptors() -> None:
 
 
 def test_hostile_files() -> None:
-    data = _testfile()
+    data = clamav_testfile("clam-yc.exe")
     pe = read_pe32(data)
     assert pe is not None
     pe_at = struct.unpack_from("<I", data, 0x3C)[0]
