@@ -51,9 +51,17 @@ class _Chain:
             yield from member.children(data, container_path, limits)
 
 
+_BY_TYPE: dict[str, Unpacker | None] = {}
+
+
 def unpacker_for(file_type: str) -> Unpacker | None:
+    """The plug-in (or chain of plug-ins) that opens ``file_type``; looked up once per type."""
+    try:
+        return _BY_TYPE[file_type]
+    except KeyError:
+        pass
     load_plugins()
     members = [u for u in registered() if file_type in u.handles]
-    if len(members) > 1:
-        return _Chain(members)
-    return members[0] if members else None
+    found = _Chain(members) if len(members) > 1 else members[0] if members else None
+    _BY_TYPE[file_type] = found  # a race only computes the same answer twice
+    return found
