@@ -36,7 +36,7 @@ from bastion.database.bodymatcher import BodyEntry
 from bastion.database.compiled import Database
 from bastion.engine.filetype import NORMALIZED_TARGET, TEXT_PROBE, FileTyper, detect_type, target_matches
 from bastion.engine.logical import LogicalEvaluator, ObjectFacts
-from bastion.engine.normalize import TextNormalizer, normalize_text
+from bastion.engine.normalize import HtmlNormalizer, TextNormalizer, normalize_html, normalize_text
 from bastion.engine.offsets import resolve_window
 from bastion.engine.verdict import Detection, Evidence, ScanResult
 from bastion.signatures.model import HashKind, HashPurpose
@@ -251,7 +251,8 @@ class _Views:
 
     def _norm_view(self) -> memoryview:
         if self._norm is None:
-            self._norm = memoryview(normalize_text(self.raw()))
+            norm = normalize_html if self.ftype == "CL_TYPE_HTML" else normalize_text
+            self._norm = memoryview(norm(self.raw()))
         return self._norm
 
     def exe(self) -> ExecutableInfo | None:
@@ -448,13 +449,14 @@ class Engine:
         ``spotter`` looks at the raw bytes for embedded files (unpack/embedded.py)."""
         limit = self.options.max_scansize
         streams: _Streams | None = None
-        normalizer: TextNormalizer | None = None
+        normalizer: TextNormalizer | HtmlNormalizer | None = None
         raw_scan = True
         size = 0
         for chunk in chunks:
             if streams is None:
                 ftype = result.file_type = self._type(chunk[:TEXT_PROBE])
-                normalizer = TextNormalizer() if ftype in NORMALIZED_TARGET else None
+                normalizer = (HtmlNormalizer() if ftype == "CL_TYPE_HTML" else TextNormalizer()) \
+                    if ftype in NORMALIZED_TARGET else None
                 if ftype == "CL_TYPE_HTML" and expected_size > self.options.max_htmlnormalize:
                     normalizer = None  # clamscan: "exiting (file larger than MaxHTMLNormalize)"
                 raw_scan = ftype not in _NORMALIZED_ONLY
@@ -475,6 +477,10 @@ class Engine:
                     streams.feed(streams.norm_generic, text)
                     streams.feed(streams.norm, text)
             size += len(chunk)
+        if normalizer is not None and streams is not None:
+            text = normalizer.finish()
+            streams.feed(streams.norm_generic, text)
+            streams.feed(streams.norm, text)
         if streams is None:
             result.file_type = detect_type(b"")
         return size
