@@ -1,8 +1,10 @@
 """Normalized text, as ClamAV matches target types 3 (HTML) and 7 (ASCII text) against it.
 
 Checked against clamscan 1.4.6 (tests/test_clamscan_parity.py): ASCII letters are lowercased and
-every run of whitespace (space, tab, CR, LF, FF, VT) becomes one space.  ClamAV's HTML normalizer
-does more (entities, scripts, comments); that comes with the HTML unpacker.
+every run of whitespace (space, tab, CR, LF, FF, VT) becomes one space (:class:`TextNormalizer`).
+HTML gets clamscan's nocomment.html form on top (:class:`HtmlNormalizer`: character references
+decoded, comments dropped, script whitespace dropped); scripts and data: URIs are also handed over as
+objects of their own by the HTML unpacker (unpack/html.py).
 """
 
 from __future__ import annotations
