@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from bastion.unpack.autoit_crypt import lame_keystream, mt_keystream, xor
 from bastion.unpack.autoit_lzss import declared_size, expand
 from bastion.unpack.autoit_tokens import detokenize, narrow
-from bastion.unpack.base import ChildObject, LimitExceeded, UnpackLimits, register
+from bastion.unpack.base import ChildObject, LimitExceeded, UnpackLimits, as_bytes, register
 
 SIGNATURE = bytes.fromhex("a3484bbe986c4aa9994c530a86d6487d") + b"AU3!EA0"
 HEADER = len(SIGNATURE) + 1 + 16
@@ -217,9 +217,7 @@ class AutoItUnpacker:
 
     def children(self, data: bytes | memoryview, container_path: str,
                  limits: UnpackLimits) -> Iterator[ChildObject | LimitExceeded]:
-        from bastion.unpack.pe_installers import _as_bytes
-
-        raw = _as_bytes(data)
+        raw = as_bytes(data)
         for block, pos in enumerate(_hits(raw)):
             prefix = f"autoit{block}/" if block else ""
             for item in autoit_members(raw, pos, limits):

@@ -62,6 +62,16 @@ class LimitExceeded:
     detail: str
 
 
+def as_bytes(data: bytes | memoryview) -> bytes:
+    """``data`` as bytes (for ``find`` and slicing), without copying a view of a whole bytes object
+    (the engine's read-back of a large file, which several plug-ins look at in turn)."""
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data.obj, bytes) and data.contiguous and len(data) == len(data.obj):
+        return data.obj
+    return bytes(data)
+
+
 def checked_member(out: bytes, problem: str | None, declared_size: int, crc: int, name: str,
                    container_path: str) -> Iterator[ChildObject | LimitExceeded]:
     """The end of a decoded member whose header declares its size and CRC-32 (zip, ARJ): a size or

@@ -39,7 +39,7 @@ from collections.abc import Iterator
 
 import hyperscan
 
-from bastion.unpack.base import ChildObject, LimitExceeded, UnpackLimits
+from bastion.unpack.base import ChildObject, LimitExceeded, UnpackLimits, as_bytes
 
 MiB = 1024 * 1024
 # clamscan --max-embeddedpe, clamd.conf MaxEmbeddedPE
@@ -154,7 +154,7 @@ class EmbeddedObjects:
                  limits: UnpackLimits) -> Iterator[ChildObject | LimitExceeded]:
         if self.outer in NO_RECOGNITION:
             return
-        blob = bytes(data)
+        blob = as_bytes(data)
         found: list[tuple[int, str]] = []
         if self.outer != "CL_TYPE_ZIP":
             found += [(at, "zip") for at in _places(blob, b"PK\x03\x04")]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from bastion.unpack.base import ChildObject, LimitExceeded, UnpackLimits, register
+from bastion.unpack.base import ChildObject, LimitExceeded, UnpackLimits, as_bytes, register
 from bastion.unpack.ishield import MSI_MAGIC, is_msi_at, msi_members, overlay_members
 from bastion.unpack.nsis import SIGNATURE as NSIS_SIGNATURE
 from bastion.unpack.nsis import nsis_members
@@ -59,23 +59,13 @@ def _hits(data: bytes, needle: bytes) -> Iterator[int]:
         pos = data.find(needle, pos + 1)
 
 
-def _as_bytes(data: bytes | memoryview) -> bytes:
-    """``data`` as bytes (for ``find``), without copying a view of a whole bytes object (the engine's
-    read-back of a large file)."""
-    if isinstance(data, bytes):
-        return data
-    if isinstance(data.obj, bytes) and data.contiguous and len(data) == len(data.obj):
-        return data.obj
-    return bytes(data)
-
-
 class PeInstallerUnpacker:
     handles = frozenset({"CL_TYPE_MSEXE"})
     counts_as_level = True
 
     def children(self, data: bytes | memoryview, container_path: str,
                  limits: UnpackLimits) -> Iterator[ChildObject | LimitExceeded]:
-        raw = _as_bytes(data)
+        raw = as_bytes(data)
         nsis = 0
         for pos in _hits(raw, NSIS_SIGNATURE):
             if pos <= 4:

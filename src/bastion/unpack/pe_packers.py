@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from bastion.unpack.base import ChildObject, LimitExceeded, UnpackLimits, register
+from bastion.unpack.base import ChildObject, LimitExceeded, UnpackLimits, as_bytes, register
 from bastion.unpack.packers import aspack, mew, pespin, petite, upack, upx, wwpack, yc
 from bastion.unpack.packers.pe import PackedPe, PackerError, Unpacked, read_pe32
 from bastion.unpack.packers.rebuild import rebuild
-from bastion.unpack.pe_installers import _as_bytes
 
 # The packers, tried in order; the first one that claims a file unpacks it
 PACKERS: tuple[tuple[str, Callable[[PackedPe, UnpackLimits, str], Unpacked | None]], ...] = (
@@ -38,7 +37,7 @@ class PePackerUnpacker:
 
     def children(self, data: bytes | memoryview, container_path: str,
                  limits: UnpackLimits) -> Iterator[ChildObject | LimitExceeded]:
-        raw = _as_bytes(data)
+        raw = as_bytes(data)
         pe = read_pe32(raw)
         if pe is None:
             return
