@@ -37,11 +37,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
+from itertools import islice
 
 from bastion.unpack.autoit_crypt import lame_keystream, mt_keystream, xor
 from bastion.unpack.autoit_lzss import declared_size, expand
 from bastion.unpack.autoit_tokens import detokenize, narrow
-from bastion.unpack.base import ChildObject, LimitExceeded, UnpackLimits, as_bytes, register
+from bastion.unpack.base import ChildObject, LimitExceeded, UnpackLimits, as_bytes, find_all, register
 
 SIGNATURE = bytes.fromhex("a3484bbe986c4aa9994c530a86d6487d") + b"AU3!EA0"
 HEADER = len(SIGNATURE) + 1 + 16
@@ -202,13 +203,10 @@ def _expanded(raw: bytes, layout: Layout, name: str,
 
 
 def _hits(data: bytes) -> Iterator[int]:
-    pos = data.find(SIGNATURE)
-    count = 0
-    while pos >= 0 and count < MAX_HITS:
-        if data[pos + len(SIGNATURE):pos + len(SIGNATURE) + 1] in (b"5", b"6"):
-            yield pos
-            count += 1
-        pos = data.find(SIGNATURE, pos + 1)
+    """Where ClamAV's AUTOIT type signature holds (EA05 or EA06 after it), the first MAX_HITS."""
+    end = len(SIGNATURE)
+    return islice((pos for pos in find_all(data, SIGNATURE) if data[pos + end:pos + end + 1] in (b"5", b"6")),
+                  MAX_HITS)
 
 
 class AutoItUnpacker:

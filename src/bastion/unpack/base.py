@@ -62,6 +62,15 @@ class LimitExceeded:
     detail: str
 
 
+def find_all(data: bytes, needle: bytes, start: int = 0) -> Iterator[int]:
+    """Every offset of ``needle`` in ``data`` from ``start`` on, in order.  Lazy: callers that look
+    for signatures inside hostile objects take only as many as their bound allows."""
+    at = data.find(needle, start)
+    while at >= 0:
+        yield at
+        at = data.find(needle, at + 1)
+
+
 def as_bytes(data: bytes | memoryview) -> bytes:
     """``data`` as bytes (for ``find`` and slicing), without copying a view of a whole bytes object
     (the engine's read-back of a large file, which several plug-ins look at in turn)."""

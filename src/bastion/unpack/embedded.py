@@ -36,10 +36,11 @@ import struct
 import threading
 import zlib
 from collections.abc import Iterator
+from itertools import islice
 
 import hyperscan
 
-from bastion.unpack.base import ChildObject, LimitExceeded, UnpackLimits, as_bytes
+from bastion.unpack.base import ChildObject, LimitExceeded, UnpackLimits, as_bytes, find_all
 
 MiB = 1024 * 1024
 # clamscan --max-embeddedpe, clamd.conf MaxEmbeddedPE
@@ -121,12 +122,8 @@ class Spotter:
 
 
 def _places(data: bytes, magic: bytes) -> list[int]:
-    out: list[int] = []
-    at = data.find(magic, 1)
-    while at > 0 and len(out) < MAX_PLACES:
-        out.append(at)
-        at = data.find(magic, at + 1)
-    return out
+    """Where ``magic`` starts past the object's first byte, the first MAX_PLACES."""
+    return list(islice(find_all(data, magic, 1), MAX_PLACES))
 
 
 def _pe_places(data: bytes) -> list[int]:
@@ -163,7 +160,7 @@ class EmbeddedObjects:
         if self.outer != "CL_TYPE_RAR":
             found += [(at, "rar") for at in _places(blob, b"Rar!\x1a\x07\x00")]
         if self.outer != "CL_TYPE_ARJ":
-            found += [(m.start(), "arj") for m in _ARJ.finditer(blob, 1) if m.start() > 0][:MAX_PLACES]
+            found += [(m.start(), "arj") for m in islice(_ARJ.finditer(blob, 1), MAX_PLACES)]
         if self.outer in _PE_HOSTS:
             found += [(at, "pe") for at in _pe_places(blob)]
         for at, kind in sorted(found):

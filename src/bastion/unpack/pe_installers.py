@@ -19,8 +19,9 @@ A file packed with many signatures is looked at only at its first ``MAX_HITS`` o
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import islice
 
-from bastion.unpack.base import ChildObject, LimitExceeded, UnpackLimits, as_bytes, register
+from bastion.unpack.base import ChildObject, LimitExceeded, UnpackLimits, as_bytes, find_all, register
 from bastion.unpack.ishield import MSI_MAGIC, is_msi_at, msi_members, overlay_members
 from bastion.unpack.nsis import SIGNATURE as NSIS_SIGNATURE
 from bastion.unpack.nsis import nsis_members
@@ -50,15 +51,6 @@ def overlay_start(data: bytes) -> int | None:
     return start if 0 < start < len(data) else None
 
 
-def _hits(data: bytes, needle: bytes) -> Iterator[int]:
-    pos = data.find(needle)
-    count = 0
-    while pos >= 0 and count < MAX_HITS:
-        yield pos
-        count += 1
-        pos = data.find(needle, pos + 1)
-
-
 class PeInstallerUnpacker:
     handles = frozenset({"CL_TYPE_MSEXE"})
     counts_as_level = True
@@ -67,7 +59,7 @@ class PeInstallerUnpacker:
                  limits: UnpackLimits) -> Iterator[ChildObject | LimitExceeded]:
         raw = as_bytes(data)
         nsis = 0
-        for pos in _hits(raw, NSIS_SIGNATURE):
+        for pos in islice(find_all(raw, NSIS_SIGNATURE), MAX_HITS):
             if pos <= 4:
                 continue
             prefix = "NSIS" if not nsis else f"NSIS{nsis}"
@@ -75,7 +67,7 @@ class PeInstallerUnpacker:
             for item in nsis_members(raw, pos - 4, limits):
                 yield item if isinstance(item, LimitExceeded) else \
                     ChildObject(item[1], item[0], f"{container_path}!{prefix}/{item[0]}")
-        for pos in _hits(raw, MSI_MAGIC):
+        for pos in islice(find_all(raw, MSI_MAGIC), MAX_HITS):
             if is_msi_at(raw, pos):
                 yield from self._named(msi_members(raw, pos, limits), container_path)
         start = overlay_start(raw)
