@@ -103,6 +103,25 @@ def _code_unit(value: int) -> bytes:
     return b"&#x%04x;" % value
 
 
+def _named(name: bytes) -> bytes:
+    """A complete named reference (``&name;``): its character, or itself lowercased when unknown."""
+    cp = ENTITIES.get(name)
+    return _code_unit(cp) if cp is not None else b"&" + name.translate(_LOWER_TABLE) + b";"
+
+
+def _numeric(value: int) -> bytes:
+    """A complete numeric reference: below 0x80 the byte lowercased, else ClamAV's code unit."""
+    return bytes((value,)).translate(_LOWER_TABLE) if value < 0x80 else _code_unit(value)
+
+
+def _quick(ref: re.Match[bytes]) -> bytes:
+    """What a :data:`_QUICK_REF` match stands for."""
+    name, decimal, hexa = ref.groups()
+    if name is not None:
+        return _named(name)
+    return _numeric(int(decimal) if decimal is not None else int(hexa, 16))
+
+
 class HtmlNormalizer:
     """Streaming form of ClamAV's nocomment.html (htmlnorm.c), as far as Bastion reproduces it.
 
@@ -168,8 +187,7 @@ class HtmlNormalizer:
             name = bytes(self.name)
             self.ref = 0
             if data[i] == 0x3B:  # ';'
-                cp = ENTITIES.get(name)
-                self._emit(out, _code_unit(cp) if cp is not None else b"&" + name.translate(_LOWER_TABLE) + b";")
+                self._emit(out, _named(name))
                 return i + 1
             self._emit(out, b"&" + name.translate(_LOWER_TABLE))  # not a name character, or too long
             return i
@@ -179,8 +197,7 @@ class HtmlNormalizer:
                 self.hex = True
             elif c == 0x3B:
                 self.ref = 0
-                value = self.value
-                self._emit(out, bytes((value,)).translate(_LOWER_TABLE) if value < 0x80 else _code_unit(value))
+                self._emit(out, _numeric(self.value))
                 return i + 1
             elif c in _DIGITS or (self.hex and c in _HEX):
                 if self.hex and self.value < _INT64_MAX // 16:
@@ -208,42 +225,38 @@ class HtmlNormalizer:
         """Normalize the next piece of the page (a reference or '<' at its end waits for the next)."""
         return self._run(bytes(chunk).replace(b"\r", b""), final=False)
 
-    def _quick_text(self, out: bytearray, data: bytes, i: int, final: bool) -> int:
+    def _quick_text(self, out: bytearray, data: bytes, i: int, final: bool) -> tuple[int, int]:
         """A run of page text whose references are all complete and plain, decoded with one
         substitution and normalized in one step (the token-by-token path gives the same bytes, at a
-        tenth of the speed on reference-rich pages); returns where it stopped, ``i`` when the run
-        needs the token-by-token path (an odd or cut reference, a decoded whitespace byte)."""
+        tenth of the speed on reference-rich pages).  Returns where it stopped (``i`` when the run
+        needs the token-by-token path: an odd or cut reference, a decoded whitespace byte) and where
+        the run ends (the next comment or script tag, or the piece's end)."""
         m = _STRUCTURE.search(data, i)
+        run_end = m.start() if m is not None else len(data)
         if m is not None:
-            limit = m.start()
+            limit = run_end
         else:  # a '<' close to the end of the piece waits for the next one, as in _run
             lt = -1 if final else data.rfind(b"<", max(i, len(data) - _TAG_LOOKAHEAD))
             limit = len(data) if lt < 0 else lt
         run = data[i:limit]
         if not run:
-            return i
+            return i, run_end
         found = 0
         odd = False
 
         def decode(ref: re.Match[bytes]) -> bytes:
             nonlocal found, odd
             found += 1
-            name, decimal, hexa = ref.groups()
-            if name is not None:
-                cp = ENTITIES.get(name)
-                text = _code_unit(cp) if cp is not None else b"&" + name.translate(_LOWER_TABLE) + b";"
-            else:
-                value = int(decimal) if decimal is not None else int(hexa, 16)
-                text = bytes((value,)).translate(_LOWER_TABLE) if value < 0x80 else _code_unit(value)
+            text = _quick(ref)
             if any(c in _WS_BYTES for c in text):
                 odd = True  # a decoded space is written as is, not folded into its neighbours
             return text
 
         decoded = _QUICK_REF.sub(decode, run)
         if odd or found != run.count(b"&"):
-            return i
+            return i, run_end
         self._plain(out, decoded)
-        return limit
+        return limit, run_end
 
     def _run(self, data: bytes, final: bool) -> bytes:
         if self.pending:
@@ -256,12 +269,11 @@ class HtmlNormalizer:
                 i = self._reference(out, data, i)
                 continue
             if self.mode == _TEXT and i >= slow_until:
-                done = self._quick_text(out, data, i, final)
+                done, run_end = self._quick_text(out, data, i, final)
                 if done > i:
                     i = done
                     continue
-                m = _STRUCTURE.search(data, i)
-                slow_until = m.start() if m is not None else n
+                slow_until = run_end
             if self.mode == _COMMENT or self.mode == _OPEN_SCRIPT:
                 end = data.find(b">", i)
                 if end < 0:
@@ -294,14 +306,7 @@ class HtmlNormalizer:
                 if quick is None:
                     self.ref = 1
                 else:
-                    name, dec, hexa = quick.groups()
-                    if name is not None:
-                        cp = ENTITIES.get(name)
-                        self._emit(out, _code_unit(cp) if cp is not None
-                                   else b"&" + name.translate(_LOWER_TABLE) + b";")
-                    else:
-                        value = int(dec) if dec is not None else int(hexa, 16)
-                        self._emit(out, bytes((value,)).translate(_LOWER_TABLE) if value < 0x80 else _code_unit(value))
+                    self._emit(out, _quick(quick))
                     i = quick.end()
                     continue
             elif self.mode == _SCRIPT:  # </script
