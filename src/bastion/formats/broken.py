@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import struct
 
+# ClamAV's alignment arithmetic and header sizes, shared with the lenient parse
+from bastion.formats.executable import _OPT32_SIZE, _OPT64_SIZE, _align_down, _align_up32
+
 __all__ = ["broken_executable"]
 
-_OPT32_SIZE, _OPT64_SIZE = 96, 112  # optional header without its data directories
 
 
 def broken_executable(data: bytes | bytearray | memoryview) -> str | None:
@@ -45,14 +47,6 @@ def _read(buf: memoryview, fmt: str, offset: int) -> tuple[int, ...] | None:
     if offset < 0 or offset + size > len(buf):
         return None
     return struct.unpack_from(fmt, buf, offset)
-
-
-def _align_down(value: int, alignment: int) -> int:
-    return value // alignment * alignment if alignment else value
-
-
-def _align_up(value: int, alignment: int) -> int:
-    return (value + alignment - 1) // alignment * alignment & 0xFFFF_FFFF if alignment else value
 
 
 def _pe(buf: memoryview) -> str | None:  # noqa: C901, PLR0911, PLR0912 - one check per ClamAV condition
@@ -104,13 +98,13 @@ def _pe(buf: memoryview) -> str | None:  # noqa: C901, PLR0911, PLR0912 - one ch
             if falign and raw_size and raw_ptr % falign and not raw_ptr % 0x200:
                 falign = 0x200
                 break
-    headers_end = _align_up(headers_size, salign)
+    headers_end = _align_up32(headers_size, salign)
     kept: list[tuple[int, int, int, int]] = []  # (rva, aligned vsize, raw, raw size) of kept sections
     previous: tuple[int, int] | None = None     # (unaligned rva, aligned vsize) of the one before
     count = nsections
     for index, (vsize, va, raw_size, raw_ptr) in enumerate(headers):
-        rva, vsz = _align_down(va, salign), _align_up(vsize, salign)
-        raw, rsz, usize = _align_down(raw_ptr, falign), _align_up(raw_size, falign), raw_size
+        rva, vsz = _align_down(va, salign), _align_up32(vsize, salign)
+        raw, rsz, usize = _align_down(raw_ptr, falign), _align_up32(raw_size, falign), raw_size
         if rsz:
             if raw >= size or raw_ptr >= size:
                 if count == 1:
@@ -122,7 +116,7 @@ def _pe(buf: memoryview) -> str | None:  # noqa: C901, PLR0911, PLR0912 - one ch
             if raw_ptr + usize > size:
                 usize = size - raw_ptr
         if not vsz and rsz:
-            vsz = _align_up(usize, salign)
+            vsz = _align_up32(usize, salign)
         if not salign or va % salign:
             return f"section #{index}'s VirtualAddress 0x{va:x} is not aligned to 0x{salign:x}"
         if va >> 31 or vsize >> 31 or (rsz and raw_ptr >> 31) or usize >> 31:
