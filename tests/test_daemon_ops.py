@@ -161,7 +161,7 @@ def test_user_group_and_log_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("concurrent", "workers"), [("yes", 1), ("no", 1), ("yes", 2), ("no", 2)])
 def test_self_check_reloads_a_changed_database_while_serving(tmp_path: Path, concurrent: str, workers: int) -> None:
-    extra = f"SelfCheck 1\nConcurrentDatabaseReload {concurrent}\nMaxThreads 4\n"
+    extra = f"SelfCheck 1\nConcurrentDatabaseReload {concurrent}\nMaxThreads 4\nLogFile {tmp_path}/d.log\n"
     with daemon(tmp_path, base_conf(tmp_path, extra), workers=workers):
         sock = str(tmp_path / "d.sock")
         probe = instream(b"new selfcheckword here")
@@ -187,6 +187,9 @@ def test_self_check_reloads_a_changed_database_while_serving(tmp_path: Path, con
             for t in threads:
                 t.join()
     assert replies and set(replies) == {b"stream: Daemon.Ops.Body.UNOFFICIAL FOUND\0"}
+    # only the added file was compiled, as a layer on top of the database being served (delta.py)
+    assert "Database compiled as a layer: 1 sources compiled, 0 replaced or removed, 2 layers" in \
+        (tmp_path / "d.log").read_text()
     logged = [json.loads(line) for line in (tmp_path / "cache" / "events.jsonl").read_text().splitlines()]
     actions = {e["event"]["action"] for e in logged}
     assert {"detection", "database-reload"} <= actions, actions

@@ -177,7 +177,7 @@ def create_app(engine: Engine, settings: ApiSettings | None = None) -> FastAPI:
         db = engine.db
         rep = db.report
         return {"version": db.version, "signatures": db.signature_count,
-                "sources": [{"path": s.path, "sha256": s.sha256, "official": s.official} for s in db.sources],
+                "sources": [{"path": s.path, "sha256": s.sha256, "official": s.official} for s in db.live_sources],
                 "containers": rep.containers, "not_loaded": [list(x) for x in rep.skipped_files],
                 "loaded_at": loaded_at}
 

@@ -52,7 +52,7 @@ class _Sources:
                 with open(path, "rb") as fh:
                     data = fh.read()
                 self._lines[path] = data.decode("latin-1").split("\n")
-                want = next((s.sha256 for s in self.db.sources if s.path == path), None)
+                want = next((s.sha256 for s in self.db.live_sources if s.path == path), None)
                 self._changed[path] = want is not None and hashlib.sha256(data).hexdigest() != want
             except OSError:
                 self._lines[path] = None

@@ -264,7 +264,7 @@ class Human:
         grid.add_column(style="bold")
         grid.add_column()
         how = "cached" if db.from_cache else "compiled"
-        grid.add_row("Database", f"{db.signature_count} signatures from {len(db.sources)} sources "
+        grid.add_row("Database", f"{db.signature_count} signatures from {len(db.live_sources)} sources "
                                  f"({how}, loaded in {db.load_seconds:.2f} s)")
         grid.add_row("Files scanned", str(tally.scanned))
         grid.add_row("Data read", filesize.decimal(tally.bytes_read))

@@ -280,7 +280,9 @@ class Daemon:
         """What every reload does first: note the database directory as it is now (SelfCheck), and
         compile it in a child unless that was done already (`bastion db`): then the reload only loads."""
         self._db_fingerprint = self._fingerprint()
-        _ensure_compiled(self._paths, self.cfg.detect_pua, RELOAD_NICE)
+        how = _ensure_compiled(self._paths, self.cfg.detect_pua, RELOAD_NICE, on_top_of=self.engine.db.path)
+        if how:
+            self.log(f"Database compiled {how}")
 
     def database_changed(self) -> bool:
         """SelfCheck: has the database directory changed since the last (re)load?"""
@@ -649,26 +651,34 @@ def _reload_event(db: Database, failure: Exception | None) -> None:
                       outcome="failure", process="bastion daemon", db_version=db.version)
 
 
-def _ensure_compiled(paths: list[str] | None, pua: bool, nice: int = 0) -> None:
-    """Compile the database in a child process (:func:`_compile_in_child`) unless the cache holds it."""
-    if not is_cached(paths, pua=pua):
-        _compile_in_child(paths, pua, nice)
+def _ensure_compiled(paths: list[str] | None, pua: bool, nice: int = 0, on_top_of: str | None = None) -> str:
+    """Compile the database in a child process (:func:`_compile_in_child`) unless the cache holds it;
+    returns how it was compiled ('' when it was not)."""
+    if is_cached(paths, pua=pua):
+        return ""
+    return _compile_in_child(paths, pua, nice, on_top_of)
 
 
-def _compile_in_child(paths: list[str] | None, pua: bool, nice: int = 0) -> None:
+def _compile_in_child(paths: list[str] | None, pua: bool, nice: int = 0, on_top_of: str | None = None) -> str:
     """Fill the compiled-database cache from a short-lived child process, so that the daemon itself only
     ever *loads* a compiled database: compiling 1.25M signatures peaks at ~700 MiB, which a long-lived
     process would keep (measured with bench/run_daemon_bench.py: 530 MiB PSS when the daemon compiled,
     about 90 MiB when it loaded).  A database that does not compile fails again, with its error, in
     the daemon's own load that follows.  A reload compiles with ``nice`` 10 (RELOAD_NICE), so that
-    scans in progress keep the CPU: a reload under full load takes longer, live traffic does not."""
+    scans in progress keep the CPU: a reload under full load takes longer, live traffic does not.
+
+    ``on_top_of``: the compiled database being served.  A reload compiles only the signature files
+    that changed since, as a layer on top of it (database/delta.py): the bound on a reload's memory
+    (bench/README.md) holds because the child compiles a few files, not all of them.  Returns the
+    child's one line on how it compiled ("as a layer: ...", "whole (why)")."""
     import subprocess
 
     import bastion
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(bastion.__file__)))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    code = (f"import os, sys\nos.nice({int(nice)})\nfrom bastion.database.compiled import open_database\n"
-            "open_database(sys.argv[2:] or None, pua=sys.argv[1] == '1')\n")
-    subprocess.run([sys.executable, "-c", code, "1" if pua else "0", *(paths or [])], env=env,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    code = (f"import os, sys\nos.nice({int(nice)})\nfrom bastion.database.compiled import compile_into_cache\n"
+            "print(compile_into_cache(sys.argv[3:] or None, pua=sys.argv[1] == '1', on_top_of=sys.argv[2] or None))\n")
+    done = subprocess.run([sys.executable, "-c", code, "1" if pua else "0", on_top_of or "", *(paths or [])],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=False, text=True)
+    return done.stdout.strip().splitlines()[-1] if done.returncode == 0 and done.stdout.strip() else ""

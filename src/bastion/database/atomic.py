@@ -40,9 +40,10 @@ def publish_directory(final: str) -> Iterator[str]:
     tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
     try:
         yield tmp
-        for name in os.listdir(tmp):
-            fsync_file(os.path.join(tmp, name))
-        fsync_dir(tmp)
+        for root, _dirs, files in os.walk(tmp, topdown=False):  # a layered database has subdirectories
+            for name in files:
+                fsync_file(os.path.join(root, name))
+            fsync_dir(root)
         try:
             os.rename(tmp, final)
         except OSError:

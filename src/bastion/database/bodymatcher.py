@@ -69,8 +69,11 @@ def _try_compile(expressions: Sequence[bytes], ids: Sequence[int], flags: Sequen
     return db
 
 
-def _compile_group(bodies: list[BodySignature], members: list[int]) -> tuple[bytes | None, dict[int, str]]:
-    """Compile ``members`` (indexes into ``bodies``); returns (serialized DB, mode per member)."""
+def _compile_group(bodies: list[BodySignature], members: list[int],
+                   id_offset: int = 0) -> tuple[bytes | None, dict[int, str]]:
+    """Compile ``members`` (indexes into ``bodies``); returns (serialized DB, mode per member).
+    Hyperscan reports member ``i`` as pattern id ``i + id_offset`` (a layer's ids follow the layers
+    below it: database/layered.py)."""
     if not members:
         return None, {}
     from bastion.signatures.hexpattern import literal_regex  # compile time only
@@ -85,24 +88,27 @@ def _compile_group(bodies: list[BodySignature], members: list[int]) -> tuple[byt
         if not bodies[i].prefilter_exact:
             modes[i] = "superset"
 
+    def ids(group: list[int]) -> list[int]:
+        return [i + id_offset for i in group] if id_offset else group
+
     def find_bad(group: list[int]) -> list[int]:
-        if _try_compile([exprs[i] for i in group], group, [flags[i] for i in group]) is not None:
+        if _try_compile([exprs[i] for i in group], ids(group), [flags[i] for i in group]) is not None:
             return []
         if len(group) == 1:
             return group
         mid = len(group) // 2
         return find_bad(group[:mid]) + find_bad(group[mid:])
 
-    db = _try_compile([exprs[i] for i in members], members, [flags[i] for i in members])
+    db = _try_compile([exprs[i] for i in members], ids(members), [flags[i] for i in members])
     if db is None:
         for i in find_bad(members):
             flags[i] = _BASE_FLAGS | hyperscan.HS_FLAG_PREFILTER
             modes[i] = "prefilter"
-            if _try_compile([exprs[i]], [i], [flags[i]]) is None:
+            if _try_compile([exprs[i]], ids([i]), [flags[i]]) is None:
                 exprs[i] = caseless(i, literal_regex(bodies[i].longest_literal))
                 flags[i] = _BASE_FLAGS
                 modes[i] = "literal"
-        db = _try_compile([exprs[i] for i in members], members, [flags[i] for i in members])
+        db = _try_compile([exprs[i] for i in members], ids(members), [flags[i] for i in members])
         if db is None:
             raise RuntimeError("Hyperscan refused the body-signature database after fallbacks")
     return hyperscan.dumpb(db), modes
@@ -154,12 +160,23 @@ class BodyMatcher:
     def entries(self) -> list[BodyEntry]:
         return [self.entry(i) for i in range(len(self))]
 
+    @property
+    def raw_dbs(self) -> list[hyperscan.Database]:
+        """The Hyperscan databases for raw bytes (one; a layered database has one per layer)."""
+        return [self.raw] if self.raw is not None else []
+
+    @property
+    def normalized_dbs(self) -> list[hyperscan.Database]:
+        return [self.normalized] if self.normalized is not None else []
+
     @classmethod
-    def build(cls, bodies: list[BodySignature]) -> BodyMatcher:
+    def build(cls, bodies: list[BodySignature], id_offset: int = 0, lsig_offset: int = 0) -> BodyMatcher:
+        """``id_offset``/``lsig_offset``: where this matcher's signature ids and logical signature ids
+        start (non-zero for a layer compiled on top of others: database/layered.py)."""
         raw_ids = [i for i, b in enumerate(bodies) if b.target not in NORMALIZED_TARGETS]
         norm_ids = [i for i, b in enumerate(bodies) if b.target in NORMALIZED_TARGETS]
-        raw, raw_modes = _compile_group(bodies, raw_ids)
-        norm, norm_modes = _compile_group(bodies, norm_ids)
+        raw, raw_modes = _compile_group(bodies, raw_ids, id_offset)
+        norm, norm_modes = _compile_group(bodies, norm_ids, id_offset)
         modes = raw_modes | norm_modes
         index = array("Q", [0])
         chunks: list[bytes] = []
@@ -168,7 +185,8 @@ class BodyMatcher:
         for i, b in enumerate(bodies):
             rec = marshal.dumps((b.name, b.target, b.offset.anchor.value, b.offset.value, b.offset.section,
                                  b.offset.maxshift, b.regex, b.pattern, b.source_index, b.line, modes[i],
-                                 -1 if b.max_length is None else b.max_length, b.lsig, b.subsig))
+                                 -1 if b.max_length is None else b.max_length,
+                                 b.lsig + lsig_offset if b.lsig >= 0 else -1, b.subsig))
             chunks.append(rec)
             total += len(rec)
             index.append(total)

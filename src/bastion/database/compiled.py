@@ -11,6 +11,9 @@ Layout of one cached database (a directory named after its cache key)::
     containers.marshal            .cdb container metadata rules (plain tuples)
     yara.rules / yara.index.json  YARA rules compiled by yara-x (database/yararules.py)
 
+A layered database (a daemon's reload compiled only what changed: database/delta.py) holds such
+directories as ``layer0/``, ``layer1/``... under one manifest (database/layered.py).
+
 The cache key is a digest of Bastion's version, the functionality level, the options that change
 what loads (PUA) and every input file's path, role and SHA-256, so editing a signature file, adding
 one or upgrading Bastion compiles a new database; anything else reuses the cached one.
@@ -36,7 +39,7 @@ from bastion.signatures.errors import SignatureError
 from bastion.signatures.loader import Discovery, default_database_paths, discover, file_digest, parse_sources
 from bastion.signatures.model import ContainerRule, FileTypeMagic, HashKind, HashPurpose, LoadReport, SignatureSet
 
-FORMAT_VERSION = 8
+FORMAT_VERSION = 9
 CACHE_DIR_ENV = "BASTION_CACHE_DIR"
 # Compiled databases kept in the cache besides the one in use (oldest are removed).
 CACHE_KEEP = 4
@@ -71,10 +74,28 @@ class Database:
     load_seconds: float = 0.0
     from_cache: bool = False
     extra: dict[str, object] = field(default_factory=dict)
+    # compiled with --detect-pua (a layer is only ever compiled on top of a database with the same)
+    pua: bool = False
+    # signatures that can alert, per source index: what a layer on top subtracts for a dead source
+    source_counts: dict[int, int] = field(default_factory=dict)
+    # a layered database (database/layered.py): sources whose signatures are tombstoned (a file
+    # removed or changed since the layer below was compiled), and its signature count
+    dead_sources: frozenset[int] = frozenset()
+    counted: int | None = None
+    # the files it was compiled from: [path, role, sha256] (a layer on top reuses unchanged containers)
+    inputs: list[list[str]] = field(default_factory=list)
+
+    @property
+    def live_sources(self) -> list[SourceInfo]:
+        """The sources in use (``sources`` is indexed by source index, tombstoned ones included)."""
+        dead = self.dead_sources
+        return [s for i, s in enumerate(self.sources) if i not in dead] if dead else self.sources
 
     @property
     def signature_count(self) -> int:
         """Signatures that can alert (``Known viruses`` in clamscan's summary)."""
+        if self.counted is not None:
+            return self.counted
         hashes = sum(len(t) for (_, p), t in self.hash_tables.items() if p is not HashPurpose.ALLOW)
         return (hashes + self.body_signatures + len(self.logical) + len(self.container_rules)
                 + (self.yara.count if self.yara else 0))
@@ -83,20 +104,25 @@ class Database:
         return self.hash_tables.get((kind, purpose))
 
     @classmethod
-    def compile(cls, sigset: SignatureSet, version: str) -> Database:
+    def compile(cls, sigset: SignatureSet, version: str, body_offset: int = 0, lsig_offset: int = 0,
+                pua: bool = False) -> Database:
         """Compile a parsed signature set.  Its hash columns are consumed (emptied once their tables
         are built), so that they are not held while Hyperscan compiles: the peak of a compile is
-        what a daemon's reload costs."""
+        what a daemon's reload costs.  The offsets are for a layer compiled on top of another
+        database (database/delta.py): its body and logical signature ids follow those below it."""
+        counts = _source_counts(sigset)
         tables = {
             key: HashTable.build(cols, key[0].digest_size) for key, cols in sigset.hashes.items() if len(cols)
         }
         sigset.hashes.clear()
         return cls(
+            pua=pua,
+            source_counts=counts,
             version=version,
             sources=[SourceInfo(s.path, s.sha256, s.official) for s in sigset.sources],
             hash_tables=tables,
-            bodies=BodyMatcher.build(sigset.bodies),
-            logical=LogicMatcher.build(sigset.logical, sigset.macros),
+            bodies=BodyMatcher.build(sigset.bodies, body_offset, lsig_offset),
+            logical=LogicMatcher.build(sigset.logical, sigset.macros, lsig_offset),
             report=sigset.report,
             body_signatures=sum(1 for b in sigset.bodies if b.lsig < 0),
             filetypes=list(sigset.filetypes),
@@ -123,50 +149,32 @@ class Database:
             "bastion": __version__,
             "toolchain": toolchain(),
             "version": self.version,
+            "pua": self.pua,
+            "inputs": self.inputs,
+            "signature_count": self.signature_count,
+            "source_counts": sorted(self.source_counts.items()),
             "sources": [[s.path, s.sha256, s.official] for s in self.sources],
             "hash_tables": [[k.value, p.value, len(t)] for (k, p), t in self.hash_tables.items()],
             "body_signatures": self.body_signatures,
             "logical_signatures": len(self.logical),
             "body_modes": self.bodies.mode_counts(),
-            "report": {
-                "loaded_files": self.report.loaded_files,
-                "skipped_files": self.report.skipped_files,
-                "skipped_by_flevel": self.report.skipped_by_flevel,
-                "skipped_by_target": self.report.skipped_by_target,
-                "ignored_by_name": self.report.ignored_by_name,
-                "macro_members": self.report.macro_members,
-                "skipped_by_condition": self.report.skipped_by_condition,
-                "not_enforced": self.report.not_enforced,
-                "yara_errors": self.report.yara_errors,
-                "containers": self.report.containers,
-            },
+            "report": report_to_json(self.report),
         }
         with open(os.path.join(directory, "manifest.json"), "w", encoding="utf-8") as fh:
             json.dump(manifest, fh, indent=1)
 
     @classmethod
     def load(cls, directory: str) -> Database:
-        with open(os.path.join(directory, "manifest.json"), encoding="utf-8") as fh:
-            manifest = json.load(fh)
-        if manifest.get("format") != FORMAT_VERSION:
-            raise ValueError("compiled database has another format version")
+        manifest = read_manifest(directory)
+        if "layers" in manifest:
+            from bastion.database.layered import load_layered
+
+            return load_layered(directory, manifest)
         tables = {
             (HashKind(k), HashPurpose(p)): HashTable.load(directory, f"{k}-{p}", HashKind(k).digest_size)
             for k, p, _ in manifest["hash_tables"]
         }
-        rep = manifest["report"]
-        report = LoadReport(
-            loaded_files=rep["loaded_files"],
-            skipped_files=[tuple(x) for x in rep["skipped_files"]],
-            skipped_by_flevel=rep["skipped_by_flevel"],
-            skipped_by_target=rep["skipped_by_target"],
-            ignored_by_name=rep["ignored_by_name"],
-            macro_members=rep["macro_members"],
-            skipped_by_condition=rep["skipped_by_condition"],
-            not_enforced=rep["not_enforced"],
-            yara_errors=[tuple(e) for e in rep["yara_errors"]],
-            containers=rep["containers"],
-        )
+        report = report_from_json(manifest["report"])
         with open(os.path.join(directory, "filetypes.marshal"), "rb") as fh:
             filetypes = [FileTypeMagic(*row) for row in marshal.loads(fh.read())]
         with open(os.path.join(directory, "containers.marshal"), "rb") as fh:
@@ -184,7 +192,62 @@ class Database:
             yara=YaraRules.load(directory),
             path=directory,
             from_cache=True,
+            pua=bool(manifest.get("pua")),
+            source_counts={int(i): int(n) for i, n in manifest.get("source_counts", [])},
         )
+
+
+def read_manifest(directory: str) -> dict:
+    """A compiled database's manifest.json, checked for this format version."""
+    with open(os.path.join(directory, "manifest.json"), encoding="utf-8") as fh:
+        manifest = json.load(fh)
+    if manifest.get("format") != FORMAT_VERSION:
+        raise ValueError("compiled database has another format version")
+    return manifest
+
+
+def report_to_json(report: LoadReport) -> dict:
+    return {
+        "loaded_files": report.loaded_files,
+        "skipped_files": report.skipped_files,
+        "skipped_by_flevel": report.skipped_by_flevel,
+        "skipped_by_target": report.skipped_by_target,
+        "ignored_by_name": report.ignored_by_name,
+        "macro_members": report.macro_members,
+        "skipped_by_condition": report.skipped_by_condition,
+        "not_enforced": report.not_enforced,
+        "yara_errors": report.yara_errors,
+        "containers": report.containers,
+    }
+
+
+def report_from_json(rep: dict) -> LoadReport:
+    return LoadReport(
+        loaded_files=rep["loaded_files"],
+        skipped_files=[tuple(x) for x in rep["skipped_files"]],
+        skipped_by_flevel=rep["skipped_by_flevel"],
+        skipped_by_target=rep["skipped_by_target"],
+        ignored_by_name=rep["ignored_by_name"],
+        macro_members=rep["macro_members"],
+        skipped_by_condition=rep["skipped_by_condition"],
+        not_enforced=rep["not_enforced"],
+        yara_errors=[tuple(e) for e in rep["yara_errors"]],
+        containers=rep["containers"],
+    )
+
+
+def _source_counts(sigset: SignatureSet) -> dict[int, int]:
+    """Signatures that can alert, per source index (YARA rules are counted as a whole, not here)."""
+    from collections import Counter
+
+    counts: Counter[int] = Counter()
+    for (_, purpose), cols in sigset.hashes.items():
+        if purpose is not HashPurpose.ALLOW:
+            counts.update(cols.source_index)
+    counts.update(b.source_index for b in sigset.bodies if b.lsig < 0)
+    counts.update(sig.source_index for sig in sigset.logical)
+    counts.update(r.source_index for r in sigset.container_rules)
+    return dict(counts)
 
 
 def _remove_tree(path: str) -> None:
@@ -325,34 +388,73 @@ def is_cached(paths: list[str] | None, *, pua: bool = False) -> bool:
 
 
 def open_database(paths: list[str] | None = None, *, pua: bool = False, use_cache: bool = True,
-                  rules: list[str] | None = None, yara_strict: bool = False) -> Database:
+                  rules: list[str] | None = None, yara_strict: bool = False,
+                  on_top_of: str | None = None) -> Database:
     """Load the database for ``-d`` paths (or the default one), compiling it only if not cached.
 
-    ``rules`` adds YARA files or rule trees (``bastion scan --rules``).  Raises
+    ``rules`` adds YARA files or rule trees (``bastion scan --rules``).  ``on_top_of``: a compiled
+    database directory (the one a daemon serves): only the sources changed since it was compiled
+    are compiled, as a layer on top of it (database/delta.py), when that means the same; how it
+    was done is in ``extra["compiled"]``.  Raises
     :class:`bastion.signatures.errors.SignatureError` for a bad source: no partial database is ever
     returned or cached (a YARA file yara-x rejects is left out and reported, unless ``yara_strict``).
     """
-    db = _open_database(paths, pua, use_cache, rules or [], yara_strict)
+    db = _open_database(paths, pua, use_cache, rules or [], yara_strict, on_top_of)
     if yara_strict and db.report.yara_errors:
         path, line, reason = db.report.yara_errors[0]
         raise SignatureError(path, line, f"YARA: {reason}")
     return db
 
 
+def compile_into_cache(paths: list[str] | None, *, pua: bool = False, on_top_of: str | None = None) -> str:
+    """Make sure the cache holds the database for ``paths``, loading nothing that is not needed (a
+    daemon's compile child: a layer is published, not loaded).  Returns how it was compiled, ''
+    when the cache held it already."""
+    discovery, final = _locate(paths, pua, True, [])
+    if os.path.isfile(os.path.join(final, "manifest.json")):
+        return ""
+    how, _db = _compile(discovery, final, pua, True, False, on_top_of, load=False)
+    return how
+
+
 def _open_database(paths: list[str] | None, pua: bool, use_cache: bool, rules: list[str],
-                   yara_strict: bool) -> Database:
+                   yara_strict: bool, on_top_of: str | None = None) -> Database:
     started = time.perf_counter()
     discovery, final = _locate(paths, pua, use_cache, rules)
-    root, key = os.path.split(final)
     if use_cache and os.path.isfile(os.path.join(final, "manifest.json")):
         try:
             db = Database.load(final)
             db.load_seconds = time.perf_counter() - started
+            db.extra["compiled"] = "already compiled"
             return db
         except (OSError, ValueError, KeyError, EOFError, TypeError):
             _remove_tree(final)  # a damaged cache entry is rebuilt
+    how, loaded = _compile(discovery, final, pua, use_cache, yara_strict, on_top_of, load=True)
+    assert loaded is not None
+    loaded.load_seconds = time.perf_counter() - started
+    loaded.extra["compiled"] = how
+    return loaded
+
+
+def _compile(discovery: Discovery, final: str, pua: bool, use_cache: bool, yara_strict: bool,
+             on_top_of: str | None, load: bool) -> tuple[str, Database | None]:
+    """Compile into the cache (a layer on top of ``on_top_of`` when that means the same, else whole):
+    (how, the database, loaded only if ``load`` or compiled whole)."""
+    root, key = os.path.split(final)
+    whole_because = ""
+    if on_top_of and use_cache:
+        from bastion.database.delta import WholeCompile, compile_delta
+
+        try:
+            how = compile_delta(discovery, final, on_top_of, pua)
+        except (WholeCompile, OSError) as why:  # OSError: a cache it cannot write
+            whole_because = str(why)
+        else:
+            _prune_cache(root, key)
+            return how, Database.load(final) if load else None
     sigset = parse_sources(discovery, yara_strict=yara_strict, pua=pua)
-    db = Database.compile(sigset, key)
+    db = Database.compile(sigset, key, pua=pua)
+    db.inputs = [[c.path, c.role, c.sha256] for c in discovery.candidates]
     if use_cache:
         from bastion.database.atomic import publish_directory
 
@@ -363,5 +465,4 @@ def _open_database(paths: list[str] | None, pua: bool, use_cache: bool, rules: l
             _prune_cache(root, key)
         except OSError:
             pass  # a read-only cache only costs speed
-    db.load_seconds = time.perf_counter() - started
-    return db
+    return (f"whole ({whole_because})" if whole_because else "whole"), db

@@ -113,7 +113,9 @@ class LogicMatcher:
         return found
 
     @classmethod
-    def build(cls, logical: list[LogicalSignature], macros: list[MacroMember]) -> LogicMatcher:
+    def build(cls, logical: list[LogicalSignature], macros: list[MacroMember], lsig_offset: int = 0) -> LogicMatcher:
+        """``lsig_offset``: where this matcher's ids start (a layer on top of others, database/layered.py);
+        ``always`` and ``vacuous`` hold those ids, :meth:`record` takes the matcher's own index."""
         index = array("Q", [0])
         chunks = []
         total = 0
@@ -125,9 +127,9 @@ class LogicMatcher:
             total += len(rec)
             index.append(total)
             if true_without_matches(sig):
-                always.append(i)
+                always.append(i + lsig_offset)
             if evaluate(sig.expression, [0] * len(sig.subsigs)):
-                vacuous.append(i)
+                vacuous.append(i + lsig_offset)
         groups: dict[int, list[tuple[str, str, bytes]]] = {}
         for m in macros:
             groups.setdefault(m.group, []).append((m.name, m.pattern, m.regex))

@@ -187,20 +187,27 @@ _CLOSE_LOCK = threading.Lock()
 
 class _Streams:
     """The Hyperscan streams of one scan: raw bytes, and for text the normalized text twice
-    (generic signatures from the raw database, text/HTML signatures from the normalized one)."""
+    (generic signatures from the raw database, text/HTML signatures from the normalized one).
+
+    Each of ``raw``, ``norm_generic`` and ``norm`` is a list: one stream per Hyperscan database
+    (a layered database, database/layered.py, has one per layer; their pattern ids do not overlap,
+    so the streams of one view share one :class:`_Hits`)."""
 
     def __init__(self, engine: Engine, normalized: bool) -> None:
         bodies = engine.db.bodies
         self.raw_hits, self.norm_generic_hits, self.norm_hits = _Hits(), _Hits(), _Hits()
         self._open: list[tuple[object, hyperscan.Scratch, _Hits]] = []
         # a scratch is busy only during one scan call, so one per thread and database serves every stream
-        self.raw = self.norm_generic = self.norm = None
-        if bodies.raw is not None:
-            self.raw = self._start(bodies.raw, engine._scratch("raw"), self.raw_hits)
+        self.raw: list[tuple] = []
+        self.norm_generic: list[tuple] = []
+        self.norm: list[tuple] = []
+        for i, db in enumerate(bodies.raw_dbs):
+            self.raw.append(self._start(db, engine._scratch("raw", i), self.raw_hits))
             if normalized:
-                self.norm_generic = self._start(bodies.raw, engine._scratch("raw"), self.norm_generic_hits)
-        if normalized and bodies.normalized is not None:
-            self.norm = self._start(bodies.normalized, engine._scratch("normalized"), self.norm_hits)
+                self.norm_generic.append(self._start(db, engine._scratch("raw", i), self.norm_generic_hits))
+        if normalized:
+            for i, db in enumerate(bodies.normalized_dbs):
+                self.norm.append(self._start(db, engine._scratch("normalized", i), self.norm_hits))
 
     def _start(self, db: hyperscan.Database, scratch: hyperscan.Scratch, hits: _Hits) -> tuple:
         stream = db.stream(match_event_handler=hits)
@@ -210,10 +217,10 @@ class _Streams:
         return entry
 
     @staticmethod
-    def feed(target: tuple | None, data: bytes | memoryview) -> None:
-        if target is not None and len(data):
-            stream, scratch, hits = target
-            stream.scan(data, scratch=scratch, match_event_handler=hits)
+    def feed(targets: list[tuple], data: bytes | memoryview) -> None:
+        if len(data):
+            for stream, scratch, hits in targets:
+                stream.scan(data, scratch=scratch, match_event_handler=hits)
 
     def close(self) -> None:
         # python-hyperscan's Stream.close() cannot take a scratch argument: it always uses the
@@ -286,13 +293,16 @@ class Engine:
                                     key=lambda kt: _KIND_ORDER[kt[0]])
 
     # ----------------------------------------------------------------- per-thread state
-    def _scratch(self, which: str) -> hyperscan.Scratch:
+    def _scratch(self, which: str, index: int = 0) -> hyperscan.Scratch:
+        """This thread's scratch for the ``index``-th raw or normalized Hyperscan database."""
         local = self._local
-        scratch = getattr(local, which, None)
+        name = f"{which}{index}"
+        scratch = getattr(local, name, None)
         if scratch is None:
-            db = self.db.bodies.normalized if which == "normalized" else self.db.bodies.raw
+            bodies = self.db.bodies
+            db = (bodies.normalized_dbs if which == "normalized" else bodies.raw_dbs)[index]
             scratch = hyperscan.Scratch(db)
-            setattr(local, which, scratch)
+            setattr(local, name, scratch)
         return scratch
 
     def _buffer(self) -> memoryview:

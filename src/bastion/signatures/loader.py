@@ -203,6 +203,13 @@ def _newest_containers(candidates: list[SourceCandidate], skipped: list[tuple[st
     return out
 
 
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
 def _digest_or_error(path: str, digest: Digester) -> str:
     try:
         return digest(path)
@@ -210,7 +217,13 @@ def _digest_or_error(path: str, digest: Digester) -> str:
         raise SignatureError(path, 0, f"cannot read: {exc.strerror}") from None
 
 
-def _load_container(cand: SourceCandidate, sigset: SignatureSet, parsers: dict, pua: bool) -> None:
+# reuse(path, sha256, role, size) -> True when that file (or container member) is compiled already
+# in the database a layer is built on (database/delta.py): it is then not parsed again
+Reuse = Callable[[str, str, str, int], bool]
+
+
+def _load_container(cand: SourceCandidate, sigset: SignatureSet, parsers: dict, pua: bool,
+                    reuse: Reuse | None) -> None:
     """Verify a .cvd/.cld/.cud and load its members; a refused container is reported, not fatal."""
     from bastion.signatures.cvd import ContainerError, open_container
 
@@ -234,13 +247,23 @@ def _load_container(cand: SourceCandidate, sigset: SignatureSet, parsers: dict, 
         if role is None or role in ("container", "yara"):
             sigset.report.skipped_files.append((member_path, why or "not loaded from a container"))
             continue
-        index = sigset.add_source(member_path, hashlib.sha256(data).hexdigest(), official)
+        sha256 = hashlib.sha256(data).hexdigest()
+        if reuse is not None and reuse(member_path, sha256, role, len(data)):
+            if role == "ignore":  # an ignore list applies to the new files too
+                parsers[role](member_path, data, -1, official)
+            continue
+        index = sigset.add_source(member_path, sha256, official)
         parsers[role](member_path, data, index, official)
         sigset.report.loaded_files.append(member_path)
 
 
-def parse_sources(discovery: Discovery, yara_strict: bool = False, pua: bool = False) -> SignatureSet:
-    """Parse every candidate into one model.  Raises :class:`SignatureError` on the first bad line."""
+def parse_sources(discovery: Discovery, yara_strict: bool = False, pua: bool = False, *,
+                  sigset: SignatureSet | None = None, reuse: Reuse | None = None) -> SignatureSet:
+    """Parse every candidate into one model.  Raises :class:`SignatureError` on the first bad line.
+
+    For a layer (database/delta.py): ``sigset`` already lists the sources below it, so new source
+    indexes follow theirs, and ``reuse`` says which files need no parsing (ignore lists are read
+    again all the same: they apply to what is parsed)."""
     # the parsers are imported here: a start that finds its database in the cache never needs them
     from bastion.signatures.cdb import parse_cdb
     from bastion.signatures.dconf import parse_cfg, parse_info
@@ -252,7 +275,7 @@ def parse_sources(discovery: Discovery, yara_strict: bool = False, pua: bool = F
     from bastion.signatures.phishing import parse_phishing
     from bastion.signatures.yara import parse_yara
 
-    sigset = SignatureSet()
+    sigset = sigset if sigset is not None else SignatureSet()
     sigset.report.skipped_files.extend(discovery.skipped)
     parsers = {"hash": lambda p, d, i, o: parse_hash_db(p, d, sigset, i, o, HashPurpose.DETECT),
                "allow": lambda p, d, i, o: parse_hash_db(p, d, sigset, i, o, HashPurpose.ALLOW),
@@ -270,14 +293,21 @@ def parse_sources(discovery: Discovery, yara_strict: bool = False, pua: bool = F
                "ftm": lambda p, d, i, o: parse_ftm(p, d, sigset, i),
                "ignore": lambda p, d, i, o: parse_ignore(p, d, sigset)}
     for cand in discovery.candidates:
+        reused = reuse is not None and reuse(cand.path, cand.sha256, cand.role, _size(cand.path))
         if cand.role == "container":
-            _load_container(cand, sigset, parsers, pua)
+            if not reused:
+                _load_container(cand, sigset, parsers, pua, reuse)
+            continue
+        if reused and cand.role != "ignore":
             continue
         try:
             with open(cand.path, "rb") as fh:
                 data = fh.read()
         except OSError as exc:
             raise SignatureError(cand.path, 0, f"cannot read: {exc.strerror}") from None
+        if reused:
+            parsers["ignore"](cand.path, data, -1, cand.official)
+            continue
         index = sigset.add_source(cand.path, cand.sha256, cand.official)
         parsers[cand.role](cand.path, data, index, cand.official)
         sigset.report.loaded_files.append(cand.path)

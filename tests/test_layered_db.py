@@ -1,0 +1,220 @@
+"""A database compiled as a layer on top of another (database/delta.py, database/layered.py) must
+scan exactly as the same sources compiled whole: same detections, same evidence (source, line,
+offsets), same signature count.  And where a layer could not mean the same, the whole database is
+compiled instead, saying why."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from bastion.database.compiled import Database, open_database
+from bastion.database.delta import MAX_LAYERS
+from bastion.engine.scanner import Engine, ScanOptions
+from bastion.signatures import cvd
+from tests.helpers import write
+from tests.test_cvd import build_container, keys  # noqa: F401 - the fixture
+
+WORDS = [f"layerword{i:03d}xyz" for i in range(40)]
+
+
+def _ndb(names: range, prefix: str = "Layer.Body") -> str:
+    return "".join(f"{prefix}.{i}:0:*:{WORDS[i].encode().hex()}\n" for i in names)
+
+
+def _corpus() -> list[bytes]:
+    out = [f"aa {w} bb\n".encode() for w in WORDS]
+    out += [f"{WORDS[1]} and {WORDS[2]}".encode(), b"<html><body>" + WORDS[5].upper().encode() + b"</body></html>",
+            b"nothing here at all", b"hashme-one\n", b"hashme-two\n", b"hashme-three\n"]
+    return out
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _initial(db: Path) -> None:
+    write(db / "a.ndb", _ndb(range(0, 10)))
+    write(db / "b.ndb", _ndb(range(10, 20), "Layer.Other") +
+          f"Layer.Html:3:*:{WORDS[5].encode().hex()}\n")  # normalized (HTML) target
+    write(db / "c.ldb", f"Layer.Logic;Target:0;0&1;{WORDS[1].encode().hex()};{WORDS[2].encode().hex()}\n"
+          f"Layer.Always;Target:0;0=0;{WORDS[39].encode().hex()}\n")
+    write(db / "d.hdb", f"{_md5(b'hashme-one' + bytes([10]))}:11:Layer.Hash.One\n"
+          f"{_md5(b'hashme-two' + bytes([10]))}:11:Layer.Hash.Two\n")
+    write(db / "e.hsb", f"{_sha256(b'hashme-three' + bytes([10]))}:13:Layer.Hash.Three\n")
+
+
+def _verdicts(db: Database) -> list[tuple]:
+    engine = Engine(db, ScanOptions(allmatch=True))
+    out = []
+    for i, data in enumerate(_corpus()):
+        r = engine.scan_bytes(data)
+        out.append((i, r.allowed_by, sorted((d.name, d.evidence.kind, d.evidence.source, d.evidence.line,
+                                             d.evidence.offsets) for d in r.detections)))
+    return out
+
+
+def _same_as_whole(layered: Database, directory: Path) -> None:
+    whole = open_database([str(directory)], use_cache=False)
+    assert _verdicts(layered) == _verdicts(whole)
+    assert layered.signature_count == whole.signature_count
+    assert sorted(s.path for s in layered.live_sources) == sorted(s.path for s in whole.sources)
+    assert sorted(layered.report.loaded_files) == sorted(whole.report.loaded_files)
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("BASTION_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_changes_compiled_as_layers_scan_as_the_whole_database(tmp_path: Path, cache: Path) -> None:
+    d = tmp_path / "db"
+    _initial(d)
+    db = open_database([str(d)])
+    assert db.extra["compiled"] == "whole"
+    steps = [
+        # a new file
+        lambda: write(d / "f.ndb", _ndb(range(20, 25), "Layer.New")),
+        # a changed file: one line gone, one added, the rest moved to other lines
+        lambda: write(d / "a.ndb", _ndb(range(30, 31), "Layer.Moved") + _ndb(range(1, 10))),
+        # a removed file, and a changed logical signature file
+        lambda: ((d / "d.hdb").unlink(), write(d / "c.ldb", f"Layer.Logic2;Target:0;0|1;{WORDS[3].encode().hex()};"
+                                                          f"{WORDS[4].encode().hex()}\n")),
+        # an allow list in the new layer silences a detection compiled in the layer below
+        lambda: write(d / "g.fp", f"{_md5(f'aa {WORDS[12]} bb'.encode() + bytes([10]))}:24:Allowed\n"),
+        # the hash file changed: the old row must not answer any more
+        lambda: write(d / "e.hsb", f"{_sha256(b'hashme-two' + bytes([10]))}:11:Layer.Hash.Moved\n"),
+    ]
+    for n, change in enumerate(steps, start=2):
+        change()
+        db = open_database([str(d)], on_top_of=db.path)
+        assert db.extra["compiled"].startswith("as a layer"), db.extra
+        assert db.extra["compiled"].endswith(f"{n} layers")
+        assert len(db.bodies.raw_dbs) >= 2
+        _same_as_whole(db, d)
+    # the layered database is in the cache under the same key a whole compile has: found as is
+    again = open_database([str(d)])
+    assert again.extra["compiled"] == "already compiled" and again.path == db.path
+    assert _verdicts(again) == _verdicts(db)
+
+
+def test_a_reload_without_changes_only_loads(tmp_path: Path, cache: Path) -> None:
+    d = tmp_path / "db"
+    _initial(d)
+    db = open_database([str(d)])
+    again = open_database([str(d)], on_top_of=db.path)
+    assert again.extra["compiled"] == "already compiled"
+
+
+@pytest.mark.parametrize(("change", "why"), [
+    ("ign2", ".ign2 source was added"),
+    ("yara", ".yar source was added"),
+    ("ftm", ".ftm source was added"),
+    ("macro", "macro"),
+    ("most", "more than half"),
+])
+def test_changes_a_layer_cannot_express_compile_the_whole_database(tmp_path: Path, cache: Path, change: str,
+                                                                   why: str) -> None:
+    d = tmp_path / "db"
+    _initial(d)
+    db = open_database([str(d)])
+    if change == "ign2":
+        write(d / "local.ign2", "Layer.Body.3\n")
+    elif change == "yara":
+        write(d / "r.yar", f'rule layer_rule {{ strings: $a = "{WORDS[7]}" condition: $a }}\n')
+    elif change == "ftm":
+        write(d / "t.ftm", "0:0:4c4159:Layer magic:CL_TYPE_ANY:CL_TYPE_TEXT_ASCII\n")
+    elif change == "macro":
+        write(d / "m.ndb", f"Layer.Macro.Member:0:$12:{WORDS[8].encode().hex()}\n")
+    else:
+        for name in ("a.ndb", "b.ndb", "c.ldb", "d.hdb"):
+            (d / name).unlink()
+        write(d / "big.ndb", _ndb(range(20, 40), "Layer.Big") * 3)
+    new = open_database([str(d)], on_top_of=db.path)
+    assert new.extra["compiled"].startswith("whole ("), new.extra
+    assert why in new.extra["compiled"], new.extra
+    assert not new.dead_sources
+    _same_as_whole(new, d)
+
+
+def test_removing_an_ignore_list_compiles_the_whole_database(tmp_path: Path, cache: Path) -> None:
+    d = tmp_path / "db"
+    _initial(d)
+    write(d / "local.ign2", "Layer.Body.3\n")
+    db = open_database([str(d)])
+    (d / "local.ign2").unlink()
+    new = open_database([str(d)], on_top_of=db.path)
+    assert ".ign2 source was removed" in new.extra["compiled"], new.extra
+    _same_as_whole(new, d)
+
+
+def test_an_ignore_list_below_applies_to_a_new_layer(tmp_path: Path, cache: Path) -> None:
+    d = tmp_path / "db"
+    _initial(d)
+    write(d / "local.ign2", "Layer.New.21\n")
+    db = open_database([str(d)])
+    write(d / "f.ndb", _ndb(range(20, 25), "Layer.New"))
+    new = open_database([str(d)], on_top_of=db.path)
+    assert new.extra["compiled"].startswith("as a layer")
+    names = {n for _, _, found in _verdicts(new) for n, *_ in found}
+    assert "Layer.New.20.UNOFFICIAL" in names and "Layer.New.21.UNOFFICIAL" not in names
+    _same_as_whole(new, d)
+
+
+def test_layers_stop_at_the_limit(tmp_path: Path, cache: Path) -> None:
+    d = tmp_path / "db"
+    _initial(d)
+    db = open_database([str(d)])
+    for i in range(MAX_LAYERS):
+        write(d / f"n{i}.ndb", _ndb(range(20 + i, 21 + i), f"Layer.Step{i}"))
+        db = open_database([str(d)], on_top_of=db.path)
+    assert f"has {MAX_LAYERS} layers already" in db.extra["compiled"], db.extra
+    assert not db.dead_sources and len(db.bodies.raw_dbs) == 1
+    _same_as_whole(db, d)
+
+
+def test_a_container_is_compared_member_by_member(tmp_path: Path, cache: Path, keys,  # noqa: F811
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cvd, "CVD_KEY", keys[0].public)
+    monkeypatch.setattr(cvd, "INFO_KEY", keys[1].public)
+    d = tmp_path / "db"
+    _initial(d)
+    members = {"daily.ndb": _ndb(range(25, 30), "Cvd.Body").encode(),
+               "daily.hdb": f"{_md5(b'hashme-one' + bytes([10]))}:11:Cvd.Hash\n".encode()}
+    write(d / "daily.cvd", build_container("daily", members, keys, version=5))
+    db = open_database([str(d)])
+    # an unchanged container is not even opened; a changed one is compared member by member
+    write(d / "h.ndb", _ndb(range(31, 32), "Layer.H"))
+    db = open_database([str(d)], on_top_of=db.path)
+    assert db.extra["compiled"].startswith("as a layer: 1 sources compiled, 0 replaced"), db.extra
+    _same_as_whole(db, d)
+    members["daily.ndb"] = _ndb(range(26, 31), "Cvd.Body").encode()
+    write(d / "daily.cvd", build_container("daily", members, keys, version=6))
+    db = open_database([str(d)], on_top_of=db.path)
+    assert db.extra["compiled"].startswith("as a layer: 1 sources compiled, 1 replaced"), db.extra
+    _same_as_whole(db, d)
+    assert [c["version"] for c in db.report.containers] == [6]
+
+
+def test_a_layer_is_made_of_hard_links_and_survives_its_base_being_pruned(tmp_path: Path, cache: Path) -> None:
+    d = tmp_path / "db"
+    _initial(d)
+    base = open_database([str(d)])
+    write(d / "f.ndb", _ndb(range(20, 22), "Layer.New"))
+    db = open_database([str(d)], on_top_of=base.path)
+    assert db.path is not None and base.path is not None
+    assert os.stat(Path(db.path) / "layer0" / "raw.hs").st_ino == os.stat(Path(base.path) / "raw.hs").st_ino
+    import shutil
+
+    shutil.rmtree(base.path)
+    reopened = open_database([str(d)])
+    assert reopened.extra["compiled"] == "already compiled"
+    _same_as_whole(reopened, d)
