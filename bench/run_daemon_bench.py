@@ -19,6 +19,9 @@ signature answers, plus 2 s.  Its peak is compared with the steady phase's peak 
 1.2x for Bastion; clamd needs about 2x).  ``--reload-mode`` sets Bastion's ConcurrentDatabaseReload.
 ``--soak`` makes the steady phase 600 s and reports PSS growth from its second minute (after the
 warm-up) to its last one; ``--samples FILE`` keeps every sample for a plot.
+``--reload-change edit``: instead of adding a file, edit the database the way a daily update does:
+in every signature file 0.1% of the lines are removed and as many new ones added (the probe signature
+among them), each file replaced by rename (Bastion's reload then compiles the changed lines only).
 ``--via-store``: both daemons serve the active version of a ``bastion db`` store, and the reload is
 the updater's path: ``bastion db stage ... --activate`` (a separate process compiles and self-tests)
 then RELOAD, so Bastion's daemon only loads the new version.
@@ -201,6 +204,43 @@ def load_c(exe: Path, sock_path: str, listing: Path, clients: int, seconds: floa
     return json.loads(out)
 
 
+def edit_like_an_update(db: Path, probe_line: str, rng: random.Random) -> None:
+    """What a daily update does to a database: in every signature file, 0.1% of the lines removed and
+    as many new ones added (the probe with the .ndb's); each file replaced by a rename."""
+    for path in sorted(db.iterdir()):
+        if path.suffix not in (".ndb", ".hdb", ".hsb") or path.name in ("plant.ndb", "zz-reload.ndb"):
+            continue
+        lines = path.read_bytes().splitlines(keepends=True)
+        n = max(1, len(lines) // 1000)
+        gone = set(rng.sample(range(len(lines)), n))
+        kept = [line for i, line in enumerate(lines) if i not in gone]
+        fresh = []
+        for i in range(n):
+            if path.suffix == ".ndb":
+                fresh.append(f"Bench.Update.Body.{i}:0:*:{rng.randbytes(12).hex()}\n".encode())
+            else:
+                digest = rng.randbytes(16 if path.suffix == ".hdb" else 32).hex()
+                fresh.append(f"{digest}:{rng.randint(100, 10**6)}:Bench.Update.Hash.{i}\n".encode())
+        if path.suffix == ".ndb":
+            fresh[0] = probe_line.encode()
+        for line in fresh:
+            kept.insert(rng.randint(0, len(kept)), line)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(b"".join(kept))
+        os.replace(tmp, path)  # replaces the link to the benchmark's database, not its file
+
+
+def restore_links(db: Path, signatures: Path | None) -> None:
+    """Undo an earlier run's edits: the database's files are links to ``--signatures`` again."""
+    if signatures is None:
+        return
+    for src in sorted(signatures.iterdir()):
+        target = db / src.name
+        if src.is_file() and not target.is_symlink():
+            target.unlink(missing_ok=True)
+            target.symlink_to(src.resolve())
+
+
 def run_one(cmd: list[str], conf: Path, sock_path: str, db: Path, corpus: list, args: argparse.Namespace,
             env: dict[str, str], listing: Path | None, exe: Path | None) -> dict:
     seconds = 600.0 if args.soak else args.seconds
@@ -212,6 +252,7 @@ def run_one(cmd: list[str], conf: Path, sock_path: str, db: Path, corpus: list, 
 
     extra = db / "zz-reload.ndb"
     extra.unlink(missing_ok=True)
+    restore_links(db, args.signatures)
     proc = subprocess.Popen([*cmd, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     sampler = None
     try:
@@ -232,6 +273,8 @@ def run_one(cmd: list[str], conf: Path, sock_path: str, db: Path, corpus: list, 
             (update / "zz-reload.ndb").write_text(f"Bench.Daemon.Reloaded:0:*:{probe.hex()}\n")
             subprocess.run([*shlex.split(args.bastion), "db", "stage", str(db), str(update), "--activate"],
                            env=env, check=True, stdout=subprocess.DEVNULL)
+        elif args.reload_change == "edit":
+            edit_like_an_update(db, f"Bench.Daemon.Reloaded:0:*:{probe.hex()}\n", random.Random(args.seed))
         else:
             extra.write_text(f"Bench.Daemon.Reloaded:0:*:{probe.hex()}\n")
         halt = threading.Event()
@@ -296,12 +339,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="Bastion's ConcurrentDatabaseReload (clamd keeps its default, yes)")
     ap.add_argument("--only", choices=["clamd", "bastion"], default=None, help="run one daemon")
     ap.add_argument("--soak", action="store_true", help="600 s steady phase per daemon; report memory growth")
+    ap.add_argument("--reload-change", choices=["file", "edit"], default="file",
+                    help="the change before RELOAD: a new small file, or an update-like edit of every file")
     ap.add_argument("--via-store", action="store_true",
                     help="both daemons serve `bastion db`'s active version; the reload is a staged activation")
     ap.add_argument("--bastion", default=shutil.which("bastion") or "bastion", help="the bastion command (--via-store)")
     ap.add_argument("--samples", type=Path, default=None, metavar="CSV",
                     help="write every memory sample (daemon, phase, seconds, process MiB, tree MiB) here")
     args = ap.parse_args(argv)
+    if args.reload_change == "edit" and not args.signatures:
+        ap.error("--reload-change edit needs --signatures (the generated database is not restored after an edit)")
     seconds = 600.0 if args.soak else args.seconds
     root = args.workdir / (f"daemon-n{args.files}-seed{args.seed}" + ("-sig" if args.signatures else ""))
     root.mkdir(parents=True, exist_ok=True)

@@ -188,7 +188,7 @@ def test_self_check_reloads_a_changed_database_while_serving(tmp_path: Path, con
                 t.join()
     assert replies and set(replies) == {b"stream: Daemon.Ops.Body.UNOFFICIAL FOUND\0"}
     # only the added file was compiled, as a layer on top of the database being served (delta.py)
-    assert "Database compiled as a layer: 1 sources compiled, 0 replaced or removed, 2 layers" in \
+    assert "Database compiled as a layer: 1 sources compiled (0 of them line by line), 0 removed, 2 layers" in \
         (tmp_path / "d.log").read_text()
     logged = [json.loads(line) for line in (tmp_path / "cache" / "events.jsonl").read_text().splitlines()]
     actions = {e["event"]["action"] for e in logged}

@@ -194,14 +194,61 @@ def test_a_container_is_compared_member_by_member(tmp_path: Path, cache: Path, k
     # an unchanged container is not even opened; a changed one is compared member by member
     write(d / "h.ndb", _ndb(range(31, 32), "Layer.H"))
     db = open_database([str(d)], on_top_of=db.path)
-    assert db.extra["compiled"].startswith("as a layer: 1 sources compiled, 0 replaced"), db.extra
+    assert db.extra["compiled"].startswith("as a layer: 1 sources compiled (0 of them line by line), 0 removed"), \
+        db.extra
     _same_as_whole(db, d)
     members["daily.ndb"] = _ndb(range(26, 31), "Cvd.Body").encode()
     write(d / "daily.cvd", build_container("daily", members, keys, version=6))
     db = open_database([str(d)], on_top_of=db.path)
-    assert db.extra["compiled"].startswith("as a layer: 1 sources compiled, 1 replaced"), db.extra
+    assert db.extra["compiled"].startswith("as a layer: 1 sources compiled (1 of them line by line), 0 removed"), \
+        db.extra
+    assert len(db.bodies.layers[-1]) == 1  # only the one new line of daily.ndb
     _same_as_whole(db, d)
     assert [c["version"] for c in db.report.containers] == [6]
+
+
+def test_a_changed_file_is_compiled_line_by_line(tmp_path: Path, cache: Path) -> None:
+    d = tmp_path / "db"
+    _initial(d)
+    write(d / "big.ndb", _ndb(range(0, 40), "Layer.Big") + _ndb(range(7, 8), "Layer.Big"))  # a duplicate line
+    hashes = [f"{_md5(f'aa {w} bb'.encode() + bytes([10]))}:{len(w) + 7}:Layer.Sum.{i}\n" for i, w in enumerate(WORDS)]
+    write(d / "sums.hdb", "".join(hashes))
+    db = open_database([str(d)])
+    versions = [
+        # three lines gone (one of the duplicates among them), two new ones first: the rest moves
+        (_ndb(range(38, 40), "Layer.Fresh") + _ndb(range(0, 3), "Layer.Big") + _ndb(range(4, 6), "Layer.Big")
+         + _ndb(range(7, 40), "Layer.Big"), "".join(hashes[:10] + hashes[11:])),
+        # again on top: the lines moved once move again (the remaps compose), reversed
+        ("".join(reversed((_ndb(range(0, 2), "Layer.Big") + _ndb(range(20, 40), "Layer.Big")
+                           + _ndb(range(38, 40), "Layer.Fresh")).splitlines(keepends=True))),
+         "".join(reversed(hashes[:30])) + "# a comment line\n"),
+        # a CRLF copy of an old line, and a line that only moved
+        (_ndb(range(20, 21), "Layer.Big").replace("\n", "\r\n") + _ndb(range(0, 1), "Layer.Big"), hashes[0]),
+    ]
+    for n, (ndb, hdb) in enumerate(versions, start=2):
+        write(d / "big.ndb", ndb)
+        write(d / "sums.hdb", hdb)
+        db = open_database([str(d)], on_top_of=db.path)
+        assert db.extra["compiled"] == f"as a layer: 2 sources compiled (2 of them line by line), 0 removed, {n} layers"
+        _same_as_whole(db, d)
+    assert len(db.bodies.layers[1]) == 2 and len(db.bodies.layers[2]) == 0 and len(db.bodies.layers[3]) == 0
+    # the file goes: every older version of it goes with it
+    (d / "big.ndb").unlink()
+    db = open_database([str(d)], on_top_of=db.path)
+    assert "1 removed" in db.extra["compiled"], db.extra
+    _same_as_whole(db, d)
+
+
+def test_a_bad_new_line_is_named_by_its_line_in_the_file(tmp_path: Path, cache: Path) -> None:
+    from bastion.signatures.errors import SignatureError
+
+    d = tmp_path / "db"
+    _initial(d)
+    db = open_database([str(d)])
+    write(d / "a.ndb", _ndb(range(0, 4)) + "Layer.Broken:0:*:zz\n" + _ndb(range(4, 10)))
+    with pytest.raises(SignatureError) as raised:
+        open_database([str(d)], on_top_of=db.path)
+    assert raised.value.path == str(d / "a.ndb") and raised.value.line == 5
 
 
 def test_a_layer_is_made_of_hard_links_and_survives_its_base_being_pruned(tmp_path: Path, cache: Path) -> None:

@@ -9,7 +9,8 @@ interpreter and buffers.
 
 The supervisor is single-threaded and never serves.  It restarts a worker that dies, turns
 SIGUSR2, a RELOAD (workers forward it as SIGUSR2) and SelfCheck into a reload, and SIGTERM/SIGINT
-(or SHUTDOWN) into a stop.  A reload compiles the new database in a short-lived child; then, with
+(or SHUTDOWN) into a stop.  A reload compiles the new database in a short-lived fork (a layer on top
+of the one served when only some files changed: database/delta.py); then, with
 ConcurrentDatabaseReload yes (the default), it loads the new database, forks new workers and lets
 the old ones finish their connections and exit; with ``no`` it first lets the old workers finish,
 frees the old database and then loads the new one, so only one is ever in memory.  A database that
@@ -106,7 +107,7 @@ class Supervisor:
     # ------------------------------------------------------------------ reload
     def reload(self) -> None:
         d = self.daemon
-        d.prepare_reload()
+        d.prepare_reload(fork=True)
         if d.cfg.concurrent_database_reload:
             try:
                 db = open_database(d._paths, pua=d.cfg.detect_pua)

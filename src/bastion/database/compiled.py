@@ -26,6 +26,8 @@ import json
 import marshal
 import os
 import time
+from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import hyperscan
@@ -33,6 +35,7 @@ import hyperscan
 from bastion import FUNCTIONALITY_LEVEL, __version__
 from bastion.database.bodymatcher import BodyMatcher
 from bastion.database.hashtable import HashTable
+from bastion.database.linetable import sorted_run, write_tables
 from bastion.database.logicmatcher import LogicMatcher
 from bastion.database.yararules import YaraRules
 from bastion.signatures.errors import SignatureError
@@ -41,6 +44,8 @@ from bastion.signatures.model import ContainerRule, FileTypeMagic, HashKind, Has
 
 FORMAT_VERSION = 9
 CACHE_DIR_ENV = "BASTION_CACHE_DIR"
+# below this many signatures a compile counts alerts per line in dicts (a layer's), else in arrays
+SPARSE_ALERTS = 50_000
 # Compiled databases kept in the cache besides the one in use (oldest are removed).
 CACHE_KEEP = 4
 
@@ -78,12 +83,15 @@ class Database:
     pua: bool = False
     # signatures that can alert, per source index: what a layer on top subtracts for a dead source
     source_counts: dict[int, int] = field(default_factory=dict)
-    # a layered database (database/layered.py): sources whose signatures are tombstoned (a file
-    # removed or changed since the layer below was compiled), and its signature count
+    # a layered database (database/layered.py): source indexes no longer current (a file removed, or
+    # the older version of a changed file, whose lines still in use are remapped), and its count
     dead_sources: frozenset[int] = frozenset()
     counted: int | None = None
     # the files it was compiled from: [path, role, sha256] (a layer on top reuses unchanged containers)
     inputs: list[list[str]] = field(default_factory=list)
+    # only while compiling: each source's line digests and per-line alert counts (lines.table)
+    line_records: dict[int, bytearray] = field(default_factory=dict, repr=False)
+    line_alerts: dict[int, array | dict[int, int]] = field(default_factory=dict, repr=False)
 
     @property
     def live_sources(self) -> list[SourceInfo]:
@@ -110,7 +118,9 @@ class Database:
         are built), so that they are not held while Hyperscan compiles: the peak of a compile is
         what a daemon's reload costs.  The offsets are for a layer compiled on top of another
         database (database/delta.py): its body and logical signature ids follow those below it."""
-        counts = _source_counts(sigset)
+        alerts = _line_alerts(sigset)
+        counts = {source: sum(per_line.values() if isinstance(per_line, dict) else per_line)
+                  for source, per_line in alerts.items()}
         tables = {
             key: HashTable.build(cols, key[0].digest_size) for key, cols in sigset.hashes.items() if len(cols)
         }
@@ -128,9 +138,18 @@ class Database:
             filetypes=list(sigset.filetypes),
             container_rules=list(sigset.container_rules),
             yara=YaraRules.build(sigset.yara),
+            line_records=sigset.line_records,
+            line_alerts=alerts,
         )
 
-    def save(self, directory: str) -> None:
+    def save(self, directory: str, line_runs: dict[int, Iterable[bytes]] | None = None) -> None:
+        """Write a compiled database into ``directory``.  ``line_runs``: ready line-table runs for
+        some sources (a layer's changed files, database/delta.py); the others are built from
+        ``line_records``."""
+        runs = line_runs or {}
+        write_tables(directory, ((source, runs[source] if source in runs else
+                                  sorted_run(records, self.line_alerts.get(source)))
+                                 for source, records in sorted(self.line_records.items())))
         for (kind, purpose), table in self.hash_tables.items():
             table.save(directory, f"{kind.value}-{purpose.value}")
         self.bodies.save(directory)
@@ -236,18 +255,33 @@ def report_from_json(rep: dict) -> LoadReport:
     )
 
 
-def _source_counts(sigset: SignatureSet) -> dict[int, int]:
-    """Signatures that can alert, per source index (YARA rules are counted as a whole, not here)."""
-    from collections import Counter
+def _line_alerts(sigset: SignatureSet) -> dict[int, array | dict[int, int]]:
+    """Per source index, per line: the signatures that can alert that line gave (YARA rules are
+    counted as a whole, not here).  Their sums are ``source_counts``; with each line's digest they
+    make the source's line table (database/linetable.py).  An array per source, indexed by line; a
+    dict for a layer's few new lines, which can sit anywhere in a 1M-line file (4 MiB as an array)."""
+    alerts: dict[int, array | dict[int, int]] = {}
+    sparse = sum(len(cols) for cols in sigset.hashes.values()) + len(sigset.bodies) < SPARSE_ALERTS
 
-    counts: Counter[int] = Counter()
+    def bump(pairs: Iterable[tuple[int, int]]) -> None:
+        for source, line in pairs:
+            per_line = alerts.get(source)
+            if per_line is None:
+                per_line = alerts[source] = {} if sparse else array("I")
+            if isinstance(per_line, dict):
+                per_line[line] = per_line.get(line, 0) + 1
+                continue
+            if line >= len(per_line):
+                per_line.frombytes(bytes(4 * (line + 1 - len(per_line) + 1024)))
+            per_line[line] += 1
+
     for (_, purpose), cols in sigset.hashes.items():
         if purpose is not HashPurpose.ALLOW:
-            counts.update(cols.source_index)
-    counts.update(b.source_index for b in sigset.bodies if b.lsig < 0)
-    counts.update(sig.source_index for sig in sigset.logical)
-    counts.update(r.source_index for r in sigset.container_rules)
-    return dict(counts)
+            bump(zip(cols.source_index, cols.lines, strict=True))
+    bump((b.source_index, b.line) for b in sigset.bodies if b.lsig < 0)
+    bump((sig.source_index, sig.line) for sig in sigset.logical)
+    bump((r.source_index, r.line) for r in sigset.container_rules)
+    return alerts
 
 
 def _remove_tree(path: str) -> None:

@@ -30,10 +30,14 @@ tombstoned sources' share: they say what was read, not what is live.
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import shutil
 import time
+from array import array
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 from bastion import __version__
 from bastion.database.atomic import publish_directory
@@ -45,8 +49,11 @@ from bastion.database.compiled import (
     report_to_json,
     toolchain,
 )
+from bastion.database.linetable import RECORD, LineRun, read_index, sorted_run
+from bastion.database.mapping import load_array
 from bastion.signatures.loader import Discovery, extension, parse_sources
 from bastion.signatures.model import LoadReport, SignatureSet, SourceFile
+from bastion.signatures.textdb import chunks_of, line_digest, physical_lines
 
 MAX_LAYERS = 8
 # changed sources above this share of all signature bytes are compiled whole (with the rest)
@@ -60,47 +67,131 @@ class WholeCompile(Exception):
     """Why a layer is not built: the whole database is compiled instead."""
 
 
-class _Plan:
-    """Answers the loader's ``reuse`` question for each source, and keeps what it learns."""
+@dataclass(slots=True)
+class _LineDiff:
+    """A changed source compared line by line with the table of its version compiled below."""
 
-    def __init__(self, base: dict, budget: int) -> None:
+    owner: int             # the source index that held the path's previous version
+    run: LineRun           # that version's line table
+    matched: bytearray     # per record of ``run``: 1 when its line is still there
+    moved: array           # per line of the previous version: the line it is on now (0: gone)
+    lost_alerts: int = 0   # alerting signatures on the lines gone
+
+
+class _Plan:
+    """Answers the loader's ``reuse`` question for each source, and keeps what it learns.
+
+    An *owner* is the source index holding a path's current version (with its complete line table);
+    older indexes of a changed path stay in their layers, remapped to the owner line by line."""
+
+    def __init__(self, base: dict, budget: int, tables: dict[int, tuple[str, int, int, int]]) -> None:
         self.sources: list[list] = base["sources"]
-        dead = {int(i) for i in base.get("dead_sources", [])}
-        self.live = {(p, d, o): i for i, (p, d, o) in enumerate(self.sources) if i not in dead}
+        gone = {int(i) for i in base.get("dead_sources", [])}
+        remapped = {int(x) for x in base.get("remap", {})}
+        self.owners = {(p, d, o): i for i, (p, d, o) in enumerate(self.sources)
+                       if i not in gone and i not in remapped}
+        self.by_path = {p: i for (p, _d, _o), i in self.owners.items()}
         self.inputs = {(p, r, d) for p, r, d in base.get("inputs", [])}
+        self.tables = tables
         self.kept: set[int] = set()
+        self.diffs: dict[str, _LineDiff] = {}
         self.whole_containers: list[str] = []
         self.changed_bytes = 0
         self.budget = budget
-        self.official: dict[str, bool] = {}
 
-    def __call__(self, path: str, sha256: str, role: str, size: int) -> bool:
+    def __call__(self, path: str, sha256: str, role: str, size: int, data: bytes | None) -> bool | bytearray:
         if role == "container":
             if (path, role, sha256) not in self.inputs:
                 return False  # opened: its members are compared one by one
             prefix = f"{path}:"
-            self.kept |= {i for (p, _d, _o), i in self.live.items() if p.startswith(prefix)}
+            self.kept |= {i for (p, _d, _o), i in self.owners.items() if p.startswith(prefix)}
             self.whole_containers.append(path)
             return True
         for official in (False, True):
-            index = self.live.get((path, sha256, official))
+            index = self.owners.get((path, sha256, official))
             if index is not None:
                 self.kept.add(index)
                 return True
         if role in _GLOBAL_ROLES:
             raise WholeCompile(f"{path}: a {extension(path)} source was added or changed")
+        owner = self.by_path.get(path)
+        if owner is None or owner not in self.tables:
+            self._spend(size)
+            return False
+        where, first, count, _alerts = self.tables[owner]
+        run = LineRun(where, first, count)
+        chunks = chunks_of(data) if data is not None else _file_chunks(path)
+        diff = _LineDiff(owner, run, bytearray(count), array("I", [0]) * (run.max_line() + 1))
+        fresh = _compare(diff, chunks)
+        self.diffs[path] = diff
+        self._spend(len(fresh))
+        return fresh
+
+    def _spend(self, size: int) -> None:
         self.changed_bytes += size
         if self.changed_bytes > self.budget:
             raise WholeCompile("the changed sources hold more than half of the signatures")
-        return False
 
     def dead(self) -> set[int]:
-        gone = set(self.live.values()) - self.kept
+        """Owners whose path is gone (not kept, not compared line by line)."""
+        diffed = {d.owner for d in self.diffs.values()}
+        gone = set(self.owners.values()) - self.kept - diffed
         for i in gone:
             path = self.sources[i][0]
             if extension(path) in _GLOBAL_EXTENSIONS:
                 raise WholeCompile(f"{path}: a {extension(path)} source was removed or changed")
         return gone
+
+
+def _file_chunks(path: str) -> Iterator[bytes]:
+    with open(path, "rb") as fh:
+        yield from iter(lambda: fh.read(1 << 20), b"")
+
+
+def _compare(diff: _LineDiff, chunks: Iterable[bytes]) -> bytearray:
+    """The new version of a source with every line its previous version had made a comment (``#``),
+    so that parsing it compiles only the new lines, on their own line numbers; ``diff`` learns
+    where each line kept went."""
+    run, matched, moved = diff.run, diff.matched, diff.moved
+    out = bytearray()
+    for number, line in enumerate(physical_lines(chunks), start=1):
+        if line[:1] == b"#":
+            out += b"#\n"
+            continue
+        digest = line_digest(line)
+        start, bucket = run.bucket(digest) if line else (0, b"")
+        for at in range(0, len(bucket), RECORD):
+            pos = start + at // RECORD
+            if bucket[at:at + 8] == digest and not matched[pos]:
+                matched[pos] = 1
+                moved[int.from_bytes(bucket[at + 8:at + 12], "big")] = number
+                out += b"#\n"
+                break
+        else:
+            out += line
+            out += b"\n"
+    for pos, rec in run.records():
+        if not matched[pos]:
+            diff.lost_alerts += int.from_bytes(rec[12:16], "big")
+    return out
+
+
+def _merged_run(diff: _LineDiff, fresh: bytes | bytearray, alerts: array | dict[int, int] | None) -> Iterator[bytes]:
+    """The complete line table of a changed source: the lines kept (on their new numbers) and the
+    new ones, merged in digest order."""
+    moved = diff.moved
+    kept = ((rec[:8] + moved[int.from_bytes(rec[8:12], "big")].to_bytes(4, "big") + rec[12:16])
+            for pos, rec in diff.run.records() if diff.matched[pos])
+    return heapq.merge(kept, sorted_run(fresh, alerts))
+
+
+def _line_tables(base_dir: str, base: dict, layers: list[str]) -> dict[int, tuple[str, int, int, int]]:
+    """Where each source's line table is: source index -> (layer directory, first, count, alerts)."""
+    found: dict[int, tuple[str, int, int, int]] = {}
+    for layer in layers:
+        for source, (first, count, alerts) in read_index(layer).items():
+            found[source] = (layer, first, count, alerts)
+    return found
 
 
 def compile_delta(discovery: Discovery, final: str, base_dir: str, pua: bool) -> str:
@@ -120,13 +211,12 @@ def compile_delta(discovery: Discovery, final: str, base_dir: str, pua: bool) ->
     if len(layers) >= MAX_LAYERS:
         raise WholeCompile(f"the database below has {len(layers)} layers already")
     total = sum(_size(c.path) for c in discovery.candidates)
-    plan = _Plan(base, int(total * MAX_CHANGED_SHARE))
+    plan = _Plan(base, int(total * MAX_CHANGED_SHARE), _line_tables(base_dir, base, layers))
 
     sigset = SignatureSet(sources=[SourceFile(p, d, o) for p, d, o in base["sources"]])
     first_source = len(sigset.sources)
     parse_sources(discovery, pua=pua, sigset=sigset, reuse=plan)
     newly_dead = plan.dead()
-    dead = newly_dead | {int(i) for i in base.get("dead_sources", [])}
     if sigset.macros or sigset.report.macro_members:
         raise WholeCompile("the changed sources define .ndb macro groups")
     if len(sigset.sources) > 0xFFFF:
@@ -138,12 +228,43 @@ def compile_delta(discovery: Discovery, final: str, base_dir: str, pua: bool) ->
     if layer.yara is not None:
         raise WholeCompile("YARA rules are compiled as one set")
 
+    # what each index of the layers below now is: gone, remapped line by line to its path's new
+    # owner, or live as it is
+    dead = newly_dead | {int(i) for i in base.get("dead_sources", [])}
+    remap = {int(x): int(o) for x, o in base.get("remap", {}).items()}
+    for x in [x for x, o in remap.items() if o in newly_dead]:
+        del remap[x]
+        dead.add(x)
+    counts = {int(i): int(n) for i, n in base.get("source_counts", [])}
+    yara_count = int(base["signature_count"]) - sum(counts.values())
+    for i in newly_dead:
+        counts.pop(i, None)
+    new_index = {s.path: i for i, s in enumerate(layer.sources) if i >= first_source}
+    maps: dict[int, array] = {}
+    runs: dict[int, Iterable[bytes]] = {}
+    for path, diff in plan.diffs.items():
+        owner, successor = diff.owner, new_index[path]
+        moved = diff.moved
+        maps[owner] = moved
+        for x in [x for x, o in remap.items() if o == owner]:
+            maps[x] = array("I", (moved[v] if v < len(moved) else 0 for v in _read_map(base_dir, x)))
+        for x in maps:
+            if x == owner or remap.get(x) == owner:
+                remap[x] = successor
+        counts[successor] = counts.pop(owner, 0) - diff.lost_alerts + layer.source_counts.get(successor, 0)
+        runs[successor] = _merged_run(diff, layer.line_records[successor], layer.line_alerts.get(successor))
+    for i, n in layer.source_counts.items():
+        if i >= first_source and i not in runs:
+            counts[i] = n
+    for x, m in list(maps.items()):
+        if not any(m):  # nothing of it is left
+            dead.add(x)
+            del maps[x]
+            remap.pop(x, None)
+
     names = base.get("layers") or ["layer0"]
     starts = base.get("starts") or [[0, 0]]
     new_name = f"layer{len(names)}"
-    new_counts = {i: n for i, n in layer.source_counts.items() if i >= first_source}
-    counts = {int(i): int(n) for i, n in base.get("source_counts", [])} | new_counts
-    live_count = int(base["signature_count"]) - sum(counts.get(i, 0) for i in newly_dead)
     manifest = {
         "format": FORMAT_VERSION,
         "bastion": __version__,
@@ -154,23 +275,37 @@ def compile_delta(discovery: Discovery, final: str, base_dir: str, pua: bool) ->
         "layers": [*names, new_name],
         "starts": [*starts, [body_start, logic_start]],
         "dead_sources": sorted(dead),
+        "remap": {str(x): o for x, o in sorted(remap.items())},
         "sources": [[s.path, s.sha256, s.official] for s in layer.sources],
         "source_counts": sorted(counts.items()),
-        "signature_count": live_count + layer.signature_count,
+        "signature_count": yara_count + sum(counts.values()),
         "body_signatures": int(base["body_signatures"]) + layer.body_signatures,
-        "report": report_to_json(_merged_report(base, layer.report, newly_dead, plan.whole_containers,
-                                                [s[0] for s in base["sources"]])),
+        "report": report_to_json(_merged_report(base, layer.report, newly_dead | {d.owner for d in plan.diffs.values()},
+                                                plan.whole_containers, [s[0] for s in base["sources"]])),
         "compiled_at": time.time(),
     }
     with publish_directory(final) as tmp:
         for name, src in zip(names, layers, strict=True):
             _link_tree(src, os.path.join(tmp, name))
         os.mkdir(os.path.join(tmp, new_name))
-        layer.save(os.path.join(tmp, new_name))
+        layer.save(os.path.join(tmp, new_name), line_runs=runs)
+        for x in remap:
+            target = os.path.join(tmp, f"remap.{x}")
+            if x in maps:
+                with open(target, "wb") as fh:
+                    fh.write(maps[x].tobytes())
+            else:
+                _link_file(os.path.join(base_dir, f"remap.{x}"), target)
         with open(os.path.join(tmp, "manifest.json"), "w", encoding="utf-8") as fh:
             json.dump(manifest, fh, indent=1)
-    return (f"as a layer: {len(sigset.sources) - first_source} sources compiled, "
-            f"{len(dead)} replaced or removed, {len(names) + 1} layers")
+    for diff in plan.diffs.values():
+        diff.run.close()
+    return (f"as a layer: {len(sigset.sources) - first_source} sources compiled "
+            f"({len(plan.diffs)} of them line by line), {len(newly_dead)} removed, {len(names) + 1} layers")
+
+
+def _read_map(base_dir: str, source: int) -> array:
+    return load_array(os.path.join(base_dir, f"remap.{source}"), "I")
 
 
 def _ends(base_dir: str, base: dict, layers: list[str]) -> tuple[int, int]:
@@ -204,6 +339,13 @@ def _merged_report(base: dict, new: LoadReport, newly_dead: set[int], whole_cont
     return rep
 
 
+def _link_file(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def _link_tree(src: str, dst: str) -> None:
     """``dst`` as a copy of the compiled database ``src`` made of hard links (copies where the
     filesystem has none): a layer costs no disk for the layers below it."""
@@ -212,10 +354,7 @@ def _link_tree(src: str, dst: str) -> None:
         path = os.path.join(src, name)
         if os.path.isdir(path):
             continue  # a layered base's own layers are linked one by one by the caller
-        try:
-            os.link(path, os.path.join(dst, name))
-        except OSError:
-            shutil.copy2(path, os.path.join(dst, name))
+        _link_file(path, os.path.join(dst, name))
 
 
 def _size(path: str) -> int:

@@ -31,24 +31,50 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import os
+from array import array
 
 import hyperscan
 
 from bastion.database.bodymatcher import BodyEntry, BodyMatcher
 from bastion.database.hashtable import HashHit, HashTable
 from bastion.database.logicmatcher import LogicMatcher
+from bastion.database.mapping import load_array
 from bastion.signatures.model import HashKind, HashPurpose
 
 # a body signature of a tombstoned source: fits no file type, so it is never confirmed
 DEAD_TARGET = -1
 
 
+class Liveness:
+    """Where a signature compiled in a layer below stands now: gone, or on which source and line.
+
+    ``dead``: sources whose every signature is gone (a file removed).  ``remap``: sources an older
+    version of a changed file was compiled as, with, per line of that version, the line it is on
+    in the current version (0: gone), and the source index of the current version."""
+
+    def __init__(self, dead: frozenset[int], remap: dict[int, tuple[int, array]]) -> None:
+        self.dead = dead
+        self.remap = remap
+        self.touched = dead | frozenset(remap)
+
+    def where(self, source: int, line: int) -> tuple[int, int] | None:
+        """(source, line) of a signature now, or None when it is gone."""
+        if source not in self.touched:
+            return source, line
+        moved = self.remap.get(source)
+        if moved is None:
+            return None
+        owner, lines = moved
+        now = lines[line] if line < len(lines) else 0
+        return (owner, now) if now else None
+
+
 class LayeredHashTable:
     """The tables of one (hash kind, purpose) in every layer, answering as one table."""
 
-    def __init__(self, tables: list[HashTable], dead: frozenset[int]) -> None:
+    def __init__(self, tables: list[HashTable], live: Liveness) -> None:
         self.tables = tables
-        self.dead = dead
+        self.live = live
 
     def __len__(self) -> int:
         return sum(len(t) for t in self.tables)
@@ -57,20 +83,28 @@ class LayeredHashTable:
         return any(t.may_hold_size(size) for t in self.tables)
 
     def lookup(self, digest: bytes, size: int) -> list[HashHit]:
-        dead = self.dead
-        return [hit for t in self.tables for hit in t.lookup(digest, size) if hit.source_index not in dead]
+        hits = []
+        for t in self.tables:
+            for hit in t.lookup(digest, size):
+                if hit.source_index in self.live.touched:
+                    now = self.live.where(hit.source_index, hit.line)
+                    if now is None:
+                        continue
+                    hit = HashHit(hit.name, now[0], now[1])
+                hits.append(hit)
+        return hits
 
 
 class LayeredBodies:
     """Every layer's body signatures: one Hyperscan database per layer and view, global ids."""
 
-    def __init__(self, layers: list[BodyMatcher], starts: list[int], dead: frozenset[int]) -> None:
+    def __init__(self, layers: list[BodyMatcher], starts: list[int], live: Liveness) -> None:
         self.layers = layers
         self.starts = starts
-        self.dead = dead
+        self.live = live
         self.raw_dbs: list[hyperscan.Database] = [db for m in layers for db in m.raw_dbs]
         self.normalized_dbs: list[hyperscan.Database] = [db for m in layers for db in m.normalized_dbs]
-        self._dead_entries: dict[int, BodyEntry] = {}
+        self._moved: dict[int, BodyEntry] = {}
 
     def __len__(self) -> int:
         return self.starts[-1] + len(self.layers[-1])
@@ -78,9 +112,13 @@ class LayeredBodies:
     def entry(self, sid: int) -> BodyEntry:
         k = bisect.bisect_right(self.starts, sid) - 1
         found = self.layers[k].entry(sid - self.starts[k])
-        if found.source_index in self.dead:
-            found = self._dead_entries.get(sid) or self._dead_entries.setdefault(
-                sid, dataclasses.replace(found, target=DEAD_TARGET))
+        if found.source_index in self.live.touched:
+            moved = self._moved.get(sid)
+            if moved is None:
+                now = self.live.where(found.source_index, found.line)
+                moved = self._moved[sid] = dataclasses.replace(found, target=DEAD_TARGET) if now is None else \
+                    dataclasses.replace(found, source_index=now[0], line=now[1])
+            found = moved
         return found
 
     def entries(self) -> list[BodyEntry]:
@@ -97,10 +135,12 @@ class LayeredBodies:
 class LayeredLogic:
     """Every layer's logical signatures, by global id; tombstoned ones are never evaluated."""
 
-    def __init__(self, layers: list[LogicMatcher], starts: list[int], dead: frozenset[int]) -> None:
+    def __init__(self, layers: list[LogicMatcher], starts: list[int], live: Liveness) -> None:
         self.layers = layers
         self.starts = starts
-        self.always = [lsig for m in layers for lsig in m.always if self.record(lsig)[6] not in dead]
+        self.live = live
+        self._moved: dict[int, tuple] = {}
+        self.always = [lsig for m in layers for lsig in m.always if self.record(lsig)[1] != DEAD_TARGET]
         self.vacuous = frozenset(v for m in layers for v in m.vacuous)
         self.macros: dict[int, list[tuple[str, str, bytes]]] = {}
         for m in layers:
@@ -111,8 +151,17 @@ class LayeredLogic:
         return self.starts[-1] + len(self.layers[-1])
 
     def record(self, lsig: int) -> tuple:
+        """``(name, target, ..., source_index, line, text)``: logicmatcher.py; a gone one has target -1."""
         k = bisect.bisect_right(self.starts, lsig) - 1
-        return self.layers[k].record(lsig - self.starts[k])
+        found = self.layers[k].record(lsig - self.starts[k])
+        if found[6] in self.live.touched:
+            moved = self._moved.get(lsig)
+            if moved is None:
+                now = self.live.where(found[6], found[7])
+                moved = self._moved[lsig] = (found[0], DEAD_TARGET, *found[2:]) if now is None else \
+                    (*found[:6], now[0], now[1], *found[8:])
+            found = moved
+        return found
 
 
 def load_layered(directory: str, manifest: dict) -> object:
@@ -121,6 +170,9 @@ def load_layered(directory: str, manifest: dict) -> object:
 
     layers = [Database.load(os.path.join(directory, name)) for name in manifest["layers"]]
     dead = frozenset(int(i) for i in manifest["dead_sources"])
+    remap = {int(x): (int(owner), load_array(os.path.join(directory, f"remap.{x}"), "I"))
+             for x, owner in manifest.get("remap", {}).items()}
+    live = Liveness(dead, remap)
     body_starts = [int(b) for b, _ in manifest["starts"]]
     logic_starts = [int(lg) for _, lg in manifest["starts"]]
     keys: list[tuple[HashKind, HashPurpose]] = []
@@ -129,23 +181,33 @@ def load_layered(directory: str, manifest: dict) -> object:
     tables: dict[tuple[HashKind, HashPurpose], object] = {}
     for key in keys:
         present = [layer.hash_tables[key] for layer in layers if key in layer.hash_tables]
-        tables[key] = present[0] if len(present) == 1 and not dead else LayeredHashTable(present, dead)
+        tables[key] = present[0] if len(present) == 1 and not live.touched else LayeredHashTable(present, live)
+    filetypes = []
+    for m in (m for layer in layers for m in layer.filetypes):
+        now = live.where(m.source_index, m.line)
+        if now is not None:
+            filetypes.append(dataclasses.replace(m, source_index=now[0], line=now[1]))
+    container_rules = []
+    for r in (r for layer in layers for r in layer.container_rules):
+        now = live.where(r.source_index, r.line)
+        if now is not None:
+            container_rules.append(dataclasses.replace(r, source_index=now[0], line=now[1]))
     yara = next((layer.yara for layer in layers if layer.yara is not None), None)
     return Database(
         version=manifest["version"],
         sources=[SourceInfo(p, d, o) for p, d, o in manifest["sources"]],
         hash_tables=tables,  # type: ignore[arg-type]
-        bodies=LayeredBodies([layer.bodies for layer in layers], body_starts, dead),  # type: ignore[arg-type]
-        logical=LayeredLogic([layer.logical for layer in layers], logic_starts, dead),  # type: ignore[arg-type]
+        bodies=LayeredBodies([layer.bodies for layer in layers], body_starts, live),  # type: ignore[arg-type]
+        logical=LayeredLogic([layer.logical for layer in layers], logic_starts, live),  # type: ignore[arg-type]
         report=report_from_json(manifest["report"]),
         body_signatures=int(manifest["body_signatures"]),
-        filetypes=[m for layer in layers for m in layer.filetypes if m.source_index not in dead],
-        container_rules=[r for layer in layers for r in layer.container_rules if r.source_index not in dead],
+        filetypes=filetypes,
+        container_rules=container_rules,
         yara=yara,
         path=directory,
         from_cache=True,
         pua=bool(manifest.get("pua")),
         source_counts={int(i): int(n) for i, n in manifest.get("source_counts", [])},
-        dead_sources=dead,
+        dead_sources=live.touched,
         counted=int(manifest["signature_count"]),
     )

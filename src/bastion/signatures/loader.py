@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from bastion.signatures.errors import SignatureError
 from bastion.signatures.model import HashPurpose, SignatureSet
+from bastion.signatures.textdb import line_records
 
 # extension -> (parser role, needs --detect-pua)
 SUPPORTED: dict[str, tuple[str, bool]] = {
@@ -217,9 +218,10 @@ def _digest_or_error(path: str, digest: Digester) -> str:
         raise SignatureError(path, 0, f"cannot read: {exc.strerror}") from None
 
 
-# reuse(path, sha256, role, size) -> True when that file (or container member) is compiled already
-# in the database a layer is built on (database/delta.py): it is then not parsed again
-Reuse = Callable[[str, str, str, int], bool]
+# reuse(path, sha256, role, size, data or None) for a layer (database/delta.py): True when that file
+# (or container member) is compiled already in the database below, so it is not parsed again; bytes:
+# parse these instead (the file with its unchanged lines made comments); False: parse it whole
+Reuse = Callable[[str, str, str, int, bytes | None], bool | bytes | bytearray]
 
 
 def _load_container(cand: SourceCandidate, sigset: SignatureSet, parsers: dict, pua: bool,
@@ -248,12 +250,14 @@ def _load_container(cand: SourceCandidate, sigset: SignatureSet, parsers: dict, 
             sigset.report.skipped_files.append((member_path, why or "not loaded from a container"))
             continue
         sha256 = hashlib.sha256(data).hexdigest()
-        if reuse is not None and reuse(member_path, sha256, role, len(data)):
+        reused = reuse(member_path, sha256, role, len(data), data) if reuse is not None else False
+        if reused is True:
             if role == "ignore":  # an ignore list applies to the new files too
                 parsers[role](member_path, data, -1, official)
             continue
         index = sigset.add_source(member_path, sha256, official)
-        parsers[role](member_path, data, index, official)
+        parsers[role](member_path, data if reused is False else reused, index, official)
+        sigset.line_records[index] = line_records(data if reused is False else reused)
         sigset.report.loaded_files.append(member_path)
 
 
@@ -293,22 +297,26 @@ def parse_sources(discovery: Discovery, yara_strict: bool = False, pua: bool = F
                "ftm": lambda p, d, i, o: parse_ftm(p, d, sigset, i),
                "ignore": lambda p, d, i, o: parse_ignore(p, d, sigset)}
     for cand in discovery.candidates:
-        reused = reuse is not None and reuse(cand.path, cand.sha256, cand.role, _size(cand.path))
+        reused = reuse(cand.path, cand.sha256, cand.role, _size(cand.path), None) if reuse is not None else False
         if cand.role == "container":
-            if not reused:
+            if reused is False:
                 _load_container(cand, sigset, parsers, pua, reuse)
             continue
-        if reused and cand.role != "ignore":
+        if reused is True and cand.role != "ignore":
             continue
-        try:
-            with open(cand.path, "rb") as fh:
-                data = fh.read()
-        except OSError as exc:
-            raise SignatureError(cand.path, 0, f"cannot read: {exc.strerror}") from None
-        if reused:
+        if isinstance(reused, (bytes, bytearray)):  # only the lines that changed (database/delta.py)
+            data = reused
+        else:
+            try:
+                with open(cand.path, "rb") as fh:
+                    data = fh.read()
+            except OSError as exc:
+                raise SignatureError(cand.path, 0, f"cannot read: {exc.strerror}") from None
+        if reused is True:
             parsers["ignore"](cand.path, data, -1, cand.official)
             continue
         index = sigset.add_source(cand.path, cand.sha256, cand.official)
         parsers[cand.role](cand.path, data, index, cand.official)
+        sigset.line_records[index] = line_records(data)
         sigset.report.loaded_files.append(cand.path)
     return sigset

@@ -310,6 +310,8 @@ class SignatureSet:
     # .ign/.ign2 entries: bare name -> set of md5 hex of the full DB line ('' = any line)
     ignores: dict[str, set[str]] = field(default_factory=dict)
     report: LoadReport = field(default_factory=LoadReport)
+    # per source index: its lines' digests and numbers (database/linetable.py), 12 bytes a line
+    line_records: dict[int, bytearray] = field(default_factory=dict)
 
     def hash_columns(self, kind: HashKind, purpose: HashPurpose) -> HashColumns:
         key = (kind, purpose)

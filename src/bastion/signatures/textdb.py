@@ -3,12 +3,37 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from bastion import FUNCTIONALITY_LEVEL
 from bastion.signatures.errors import SignatureError
 
 UNOFFICIAL = ".UNOFFICIAL"
+
+
+# text is split into lines a chunk at a time: splitting a 60 MiB hash list at once held a string per
+# line (~150 MiB more at the compile's peak, measured on the benchmark database)
+_LINE_CHUNK = 1 << 20
+
+
+def physical_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Every line of the text the chunks make up, as ClamAV reads a database: split at LF, a
+    trailing CR stripped, a final LF ending the last line (not starting an empty one)."""
+    carry = b""
+    for chunk in chunks:
+        if not chunk:
+            continue
+        lines = (carry + chunk).split(b"\n")
+        carry = lines.pop()
+        for line in lines:
+            yield line[:-1] if line.endswith(b"\r") else line
+    if carry:
+        yield carry[:-1] if carry.endswith(b"\r") else carry
+
+
+def chunks_of(data: bytes) -> Iterator[bytes]:
+    for start in range(0, len(data), _LINE_CHUNK):
+        yield data[start:start + _LINE_CHUNK]
 
 
 def iter_signature_lines(path: str, data: bytes) -> Iterator[tuple[int, str]]:
@@ -19,26 +44,27 @@ def iter_signature_lines(path: str, data: bytes) -> Iterator[tuple[int, str]]:
     """
     if not data:
         raise SignatureError(path, 0, "empty database file")
-    # one line at a time: splitting a 60 MiB hash list at once held a string per line (~150 MiB more
-    # at the compile's peak, measured on the benchmark database), where a line alive at a time is enough
-    end = len(data)
-    if data.endswith(b"\n"):
-        end -= 1
-    start, number = 0, 0
-    while start <= end:
-        stop = data.find(b"\n", start, end)
-        if stop < 0:
-            stop = end
-        number += 1
-        line = data[start:stop].decode("latin-1")
-        start = stop + 1
-        if line.endswith("\r"):
-            line = line[:-1]
-        if not line:
+    for number, raw in enumerate(physical_lines(chunks_of(data)), start=1):
+        if not raw:
             raise SignatureError(path, number, "empty line")
-        if line[0] == "#":
-            continue
-        yield number, line
+        if raw[0] != 0x23:  # '#': a comment
+            yield number, raw.decode("latin-1")
+
+
+def line_digest(line: bytes) -> bytes:
+    """What identifies a signature line in a compiled database's line table (database/linetable.py)."""
+    return hashlib.blake2b(line, digest_size=8).digest()
+
+
+def line_records(data: bytes) -> bytearray:
+    """12 bytes a signature line (digest, line number big-endian), in line order: the line table of
+    a source is built from these (database/linetable.py)."""
+    out = bytearray()
+    for number, line in enumerate(physical_lines(chunks_of(data)), start=1):
+        if line[:1] != b"#":
+            out += line_digest(line)
+            out += number.to_bytes(4, "big")
+    return out
 
 
 def flevel_field(path: str, number: int, text: str, what: str) -> int:
