@@ -265,3 +265,47 @@ def test_a_layer_is_made_of_hard_links_and_survives_its_base_being_pruned(tmp_pa
     reopened = open_database([str(d)])
     assert reopened.extra["compiled"] == "already compiled"
     _same_as_whole(reopened, d)
+
+
+def test_line_map_runs_lookup_and_composition() -> None:
+    """A LineMap holds runs of lines kept together; ``then`` composes two edits."""
+    from bastion.database.linetable import LineMap
+
+    first = LineMap()
+    for old, new in [(1, 1), (2, 2), (4, 3), (5, 4), (3, 5)]:  # line 3 moved to the end
+        first.add(old, new)
+    first.finish()
+    assert len(first) == 3
+    assert [first[i] for i in range(0, 7)] == [0, 1, 2, 5, 3, 4, 0]
+    later = LineMap()
+    for old, new in [(2, 10), (3, 11), (5, 12)]:  # line 1 and line 4 gone
+        later.add(old, new)
+    later.finish()
+    both = first.then(later)
+    assert [both[i] for i in range(0, 7)] == [0, 0, 10, 12, 11, 0, 0]
+    assert not LineMap().then(later)
+
+
+def test_shuffled_file_is_compiled_whole_into_the_layer(tmp_path, monkeypatch) -> None:
+    """A file whose lines were reordered rather than edited is not mapped line by line."""
+    import random
+
+    from bastion.database import delta
+
+    monkeypatch.setattr(delta, "MAX_RUNS", 10)
+    lines = [f"{i:032x}:{100 + i}:Shuffle.Test.{i}\n" for i in range(400)]
+    db_dir = tmp_path / "db"
+    db_dir.mkdir()
+    (db_dir / "a.hdb").write_text("".join(lines))
+    (db_dir / "b.hdb").write_text("".join(f"{i:032x}:{9000 + i}:Kept.Test.{i}\n" for i in range(1000, 2000)))
+    monkeypatch.setenv("BASTION_CACHE_DIR", str(tmp_path / "cache"))
+    base = open_database([str(db_dir)])
+    random.Random(1).shuffle(lines)
+    (db_dir / "a.hdb").write_text("".join(lines))
+    db = open_database([str(db_dir)], on_top_of=base.path)
+    assert db.extra["compiled"].startswith("as a layer: 1 sources compiled (0 of them line by line), 1 removed"), \
+        db.extra
+    assert db.signature_count == 1400
+    hits = db.hash_tables[next(iter(db.hash_tables))].lookup(bytes.fromhex(f"{7:032x}"), 107)
+    assert [(db.sources[h.source_index].path, h.line) for h in hits] == \
+        [(str(db_dir / "a.hdb"), lines.index(f"{7:032x}:107:Shuffle.Test.7\n") + 1)]

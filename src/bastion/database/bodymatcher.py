@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import hyperscan
 
-from bastion.database.mapping import Blob, Column
+from bastion.database.mapping import Blob, Column, load_shared
 from bastion.signatures.model import BodySignature
 from bastion.signatures.offsets import Anchor, Offset
 
@@ -124,6 +124,24 @@ def _deserialize(blob: bytes | None) -> hyperscan.Database | None:
     return db
 
 
+class _Loaded:
+    """A deserialized Hyperscan database, shared by file through mapping.load_shared
+    (hyperscan.Database itself takes no weak references)."""
+
+    __slots__ = ("db", "__weakref__")
+
+    def __init__(self, db: hyperscan.Database | None) -> None:
+        self.db = db
+
+
+def _load_file(path: str) -> _Loaded:
+    """The Hyperscan database in ``path`` (none when there is no such file), shared with any other
+    matcher of this process loaded from the same file (a layered database's lower layers)."""
+    if not os.path.exists(path):
+        return _Loaded(None)
+    return load_shared(path, "hyperscan", lambda fh: _Loaded(_deserialize(fh.read())))
+
+
 class BodyMatcher:
     """The compiled body signatures: two Hyperscan databases and one entry per signature.
 
@@ -142,6 +160,7 @@ class BodyMatcher:
         self.raw = _deserialize(raw)
         self.normalized = _deserialize(normalized)
         self._decoded: dict[int, BodyEntry] = {}
+        self._held: tuple[_Loaded, ...] = ()
 
     def __len__(self) -> int:
         """Entries, including the content subsignatures of logical signatures."""
@@ -206,17 +225,13 @@ class BodyMatcher:
 
     @classmethod
     def load(cls, directory: str, modes: dict[str, int]) -> BodyMatcher:
-        blobs: dict[str, bytes | None] = {}
-        for stem in ("raw", "normalized"):
-            path = os.path.join(directory, f"{stem}.hs")
-            if os.path.exists(path):
-                with open(path, "rb") as fh:
-                    blobs[stem] = fh.read()
-            else:
-                blobs[stem] = None
+        raw, normalized = (_load_file(os.path.join(directory, f"{stem}.hs")) for stem in ("raw", "normalized"))
         index = Column(os.path.join(directory, "bodies.index"), "Q")
         records = Blob(os.path.join(directory, "bodies.records"))
-        return cls(index, records, blobs["raw"], blobs["normalized"], modes)
+        matcher = cls(index, records, None, None, modes)
+        matcher.raw, matcher.normalized = raw.db, normalized.db
+        matcher._held = (raw, normalized)  # keeps them in _LOADED while this matcher lives
+        return matcher
 
     def mode_counts(self) -> dict[str, int]:
         return dict(self.modes)

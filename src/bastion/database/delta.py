@@ -49,17 +49,26 @@ from bastion.database.compiled import (
     report_to_json,
     toolchain,
 )
-from bastion.database.linetable import RECORD, LineRun, read_index, sorted_run
-from bastion.database.mapping import load_array
+from bastion.database.linetable import RECORD, LineMap, LineRun, read_index, sorted_run
 from bastion.signatures.loader import Discovery, extension, parse_sources
 from bastion.signatures.model import LoadReport, SignatureSet, SourceFile
-from bastion.signatures.textdb import chunks_of, line_digest, physical_lines
+from bastion.signatures.textdb import ChangedLines, chunks_of, line_digest, physical_lines
 
 MAX_LAYERS = 8
+# a changed file is compared line by line unless its kept lines moved in more runs than this (and
+# than one for every 8 lines): then it is compiled whole, into the layer
+MAX_RUNS = 50_000
+# a changed file is compared a chunk at a time: with 1 MiB chunks (the parsers' size), comparing the
+# benchmark's 1M-line .hdb left the compile child 5 MiB larger than with these (freed chunks stay in
+# the heap), measured in bench/run_daemon_bench.py --reload-change edit
+_COMPARE_CHUNK = 1 << 18
 # changed sources above this share of all signature bytes are compiled whole (with the rest)
 MAX_CHANGED_SHARE = 0.5
 # roles whose sources act on others (ignore lists, file type magic) or are compiled as one set (YARA)
 _GLOBAL_ROLES = frozenset({"ignore", "ftm", "yara"})
+# roles whose lines are signatures standing on their own, so a changed file can be compiled line by line
+# (a changed .pdb/.wdb/.gdb/.cfg/.info is compiled whole, into the layer)
+_LINE_ROLES = frozenset({"hash", "allow", "section", "imports", "ndb", "ldb", "cdb"})
 _GLOBAL_EXTENSIONS = frozenset({".ign", ".ign2", ".ftm", ".yar", ".yara"})
 
 
@@ -74,7 +83,7 @@ class _LineDiff:
     owner: int             # the source index that held the path's previous version
     run: LineRun           # that version's line table
     matched: bytearray     # per record of ``run``: 1 when its line is still there
-    moved: array           # per line of the previous version: the line it is on now (0: gone)
+    moved: LineMap         # where the lines of the previous version kept are now
     lost_alerts: int = 0   # alerting signatures on the lines gone
 
 
@@ -99,7 +108,7 @@ class _Plan:
         self.changed_bytes = 0
         self.budget = budget
 
-    def __call__(self, path: str, sha256: str, role: str, size: int, data: bytes | None) -> bool | bytearray:
+    def __call__(self, path: str, sha256: str, role: str, size: int, data: bytes | None) -> bool | ChangedLines:
         if role == "container":
             if (path, role, sha256) not in self.inputs:
                 return False  # opened: its members are compared one by one
@@ -115,14 +124,18 @@ class _Plan:
         if role in _GLOBAL_ROLES:
             raise WholeCompile(f"{path}: a {extension(path)} source was added or changed")
         owner = self.by_path.get(path)
-        if owner is None or owner not in self.tables:
+        if owner is None or owner not in self.tables or role not in _LINE_ROLES:
             self._spend(size)
             return False
         where, first, count, _alerts = self.tables[owner]
         run = LineRun(where, first, count)
-        chunks = chunks_of(data) if data is not None else _file_chunks(path)
-        diff = _LineDiff(owner, run, bytearray(count), array("I", [0]) * (run.max_line() + 1))
+        chunks = chunks_of(data, _COMPARE_CHUNK) if data is not None else _file_chunks(path)
+        diff = _LineDiff(owner, run, bytearray(count), LineMap())
         fresh = _compare(diff, chunks)
+        if fresh is None:
+            diff.run.close()
+            self._spend(size)
+            return False
         self.diffs[path] = diff
         self._spend(len(fresh))
         return fresh
@@ -145,18 +158,19 @@ class _Plan:
 
 def _file_chunks(path: str) -> Iterator[bytes]:
     with open(path, "rb") as fh:
-        yield from iter(lambda: fh.read(1 << 20), b"")
+        yield from iter(lambda: fh.read(_COMPARE_CHUNK), b"")
 
 
-def _compare(diff: _LineDiff, chunks: Iterable[bytes]) -> bytearray:
-    """The new version of a source with every line its previous version had made a comment (``#``),
-    so that parsing it compiles only the new lines, on their own line numbers; ``diff`` learns
-    where each line kept went."""
+def _compare(diff: _LineDiff, chunks: Iterable[bytes]) -> ChangedLines | None:
+    """The lines of a source's new version that its previous version did not have; ``diff`` learns
+    where each line kept went.  None when the file is empty (it is parsed whole, to be refused as
+    such) or its lines were shuffled rather than edited (the map of where they went would cost more
+    than parsing the file whole)."""
     run, matched, moved = diff.run, diff.matched, diff.moved
-    out = bytearray()
+    fresh = ChangedLines()
+    number = 0
     for number, line in enumerate(physical_lines(chunks), start=1):
         if line[:1] == b"#":
-            out += b"#\n"
             continue
         digest = line_digest(line)
         start, bucket = run.bucket(digest) if line else (0, b"")
@@ -164,19 +178,20 @@ def _compare(diff: _LineDiff, chunks: Iterable[bytes]) -> bytearray:
             pos = start + at // RECORD
             if bucket[at:at + 8] == digest and not matched[pos]:
                 matched[pos] = 1
-                moved[int.from_bytes(bucket[at + 8:at + 12], "big")] = number
-                out += b"#\n"
+                moved.add(int.from_bytes(bucket[at + 8:at + 12], "big"), number)
                 break
         else:
-            out += line
-            out += b"\n"
+            fresh.lines.append((number, line))
+    if number == 0 or len(moved) > max(MAX_RUNS, run.count // 8):
+        return None
+    moved.finish()
     for pos, rec in run.records():
         if not matched[pos]:
             diff.lost_alerts += int.from_bytes(rec[12:16], "big")
-    return out
+    return fresh
 
 
-def _merged_run(diff: _LineDiff, fresh: bytes | bytearray, alerts: array | dict[int, int] | None) -> Iterator[bytes]:
+def _merged_run(diff: _LineDiff, fresh: bytearray, alerts: array | dict[int, int] | None) -> Iterator[bytes]:
     """The complete line table of a changed source: the lines kept (on their new numbers) and the
     new ones, merged in digest order."""
     moved = diff.moved
@@ -240,14 +255,14 @@ def compile_delta(discovery: Discovery, final: str, base_dir: str, pua: bool) ->
     for i in newly_dead:
         counts.pop(i, None)
     new_index = {s.path: i for i, s in enumerate(layer.sources) if i >= first_source}
-    maps: dict[int, array] = {}
+    maps: dict[int, LineMap] = {}
     runs: dict[int, Iterable[bytes]] = {}
     for path, diff in plan.diffs.items():
         owner, successor = diff.owner, new_index[path]
         moved = diff.moved
         maps[owner] = moved
         for x in [x for x, o in remap.items() if o == owner]:
-            maps[x] = array("I", (moved[v] if v < len(moved) else 0 for v in _read_map(base_dir, x)))
+            maps[x] = LineMap.load(os.path.join(base_dir, f"remap.{x}")).then(moved)
         for x in maps:
             if x == owner or remap.get(x) == owner:
                 remap[x] = successor
@@ -257,7 +272,7 @@ def compile_delta(discovery: Discovery, final: str, base_dir: str, pua: bool) ->
         if i >= first_source and i not in runs:
             counts[i] = n
     for x, m in list(maps.items()):
-        if not any(m):  # nothing of it is left
+        if not m:  # nothing of it is left
             dead.add(x)
             del maps[x]
             remap.pop(x, None)
@@ -292,8 +307,7 @@ def compile_delta(discovery: Discovery, final: str, base_dir: str, pua: bool) ->
         for x in remap:
             target = os.path.join(tmp, f"remap.{x}")
             if x in maps:
-                with open(target, "wb") as fh:
-                    fh.write(maps[x].tobytes())
+                maps[x].save(target)
             else:
                 _link_file(os.path.join(base_dir, f"remap.{x}"), target)
         with open(os.path.join(tmp, "manifest.json"), "w", encoding="utf-8") as fh:
@@ -302,10 +316,6 @@ def compile_delta(discovery: Discovery, final: str, base_dir: str, pua: bool) ->
         diff.run.close()
     return (f"as a layer: {len(sigset.sources) - first_source} sources compiled "
             f"({len(plan.diffs)} of them line by line), {len(newly_dead)} removed, {len(names) + 1} layers")
-
-
-def _read_map(base_dir: str, source: int) -> array:
-    return load_array(os.path.join(base_dir, f"remap.{source}"), "I")
 
 
 def _ends(base_dir: str, base: dict, layers: list[str]) -> tuple[int, int]:

@@ -31,14 +31,13 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import os
-from array import array
 
 import hyperscan
 
 from bastion.database.bodymatcher import BodyEntry, BodyMatcher
 from bastion.database.hashtable import HashHit, HashTable
+from bastion.database.linetable import LineMap
 from bastion.database.logicmatcher import LogicMatcher
-from bastion.database.mapping import load_array
 from bastion.signatures.model import HashKind, HashPurpose
 
 # a body signature of a tombstoned source: fits no file type, so it is never confirmed
@@ -49,10 +48,10 @@ class Liveness:
     """Where a signature compiled in a layer below stands now: gone, or on which source and line.
 
     ``dead``: sources whose every signature is gone (a file removed).  ``remap``: sources an older
-    version of a changed file was compiled as, with, per line of that version, the line it is on
-    in the current version (0: gone), and the source index of the current version."""
+    version of a changed file was compiled as, with the source index of the current version and
+    where that older version's lines are in it (database/linetable.py LineMap)."""
 
-    def __init__(self, dead: frozenset[int], remap: dict[int, tuple[int, array]]) -> None:
+    def __init__(self, dead: frozenset[int], remap: dict[int, tuple[int, LineMap]]) -> None:
         self.dead = dead
         self.remap = remap
         self.touched = dead | frozenset(remap)
@@ -65,7 +64,7 @@ class Liveness:
         if moved is None:
             return None
         owner, lines = moved
-        now = lines[line] if line < len(lines) else 0
+        now = lines[line]
         return (owner, now) if now else None
 
 
@@ -170,7 +169,7 @@ def load_layered(directory: str, manifest: dict) -> object:
 
     layers = [Database.load(os.path.join(directory, name)) for name in manifest["layers"]]
     dead = frozenset(int(i) for i in manifest["dead_sources"])
-    remap = {int(x): (int(owner), load_array(os.path.join(directory, f"remap.{x}"), "I"))
+    remap = {int(x): (int(owner), LineMap.load(os.path.join(directory, f"remap.{x}")))
              for x, owner in manifest.get("remap", {}).items()}
     live = Liveness(dead, remap)
     body_starts = [int(b) for b, _ in manifest["starts"]]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from bastion.signatures.errors import SignatureError
 from bastion.signatures.model import HashPurpose, SignatureSet
-from bastion.signatures.textdb import line_records
+from bastion.signatures.textdb import ChangedLines, line_records
 
 # extension -> (parser role, needs --detect-pua)
 SUPPORTED: dict[str, tuple[str, bool]] = {
@@ -219,9 +219,9 @@ def _digest_or_error(path: str, digest: Digester) -> str:
 
 
 # reuse(path, sha256, role, size, data or None) for a layer (database/delta.py): True when that file
-# (or container member) is compiled already in the database below, so it is not parsed again; bytes:
-# parse these instead (the file with its unchanged lines made comments); False: parse it whole
-Reuse = Callable[[str, str, str, int, bytes | None], bool | bytes | bytearray]
+# (or container member) is compiled already in the database below, so it is not parsed again;
+# ChangedLines: parse only those (the lines its version below did not have); False: parse it whole
+Reuse = Callable[[str, str, str, int, bytes | None], bool | ChangedLines]
 
 
 def _load_container(cand: SourceCandidate, sigset: SignatureSet, parsers: dict, pua: bool,
@@ -304,8 +304,8 @@ def parse_sources(discovery: Discovery, yara_strict: bool = False, pua: bool = F
             continue
         if reused is True and cand.role != "ignore":
             continue
-        if isinstance(reused, (bytes, bytearray)):  # only the lines that changed (database/delta.py)
-            data = reused
+        if isinstance(reused, ChangedLines):  # only the lines that changed (database/delta.py)
+            data: bytes | ChangedLines = reused
         else:
             try:
                 with open(cand.path, "rb") as fh:

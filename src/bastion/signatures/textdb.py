@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 
 from bastion import FUNCTIONALITY_LEVEL
 from bastion.signatures.errors import SignatureError
@@ -31,20 +32,39 @@ def physical_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
         yield carry[:-1] if carry.endswith(b"\r") else carry
 
 
-def chunks_of(data: bytes) -> Iterator[bytes]:
-    for start in range(0, len(data), _LINE_CHUNK):
-        yield data[start:start + _LINE_CHUNK]
+def chunks_of(data: bytes, size: int = _LINE_CHUNK) -> Iterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start:start + size]
 
 
-def iter_signature_lines(path: str, data: bytes) -> Iterator[tuple[int, str]]:
+@dataclass(slots=True)
+class ChangedLines:
+    """Stands in for a source's text when only some of its lines are to be parsed (a layer compiled
+    on top of the source's previous version: database/delta.py): those lines, on their own line
+    numbers, in order.  Parsers read it through :func:`iter_signature_lines` like the text itself."""
+
+    lines: list[tuple[int, bytes]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return sum(len(line) + 1 for _n, line in self.lines)
+
+
+def numbered_lines(data: bytes | ChangedLines) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of every physical line of ``data`` (of a :class:`ChangedLines`, its lines)."""
+    if isinstance(data, ChangedLines):
+        return iter(data.lines)
+    return enumerate(physical_lines(chunks_of(data)), start=1)
+
+
+def iter_signature_lines(path: str, data: bytes | ChangedLines) -> Iterator[tuple[int, str]]:
     """Yield ``(line_number, line)`` for every non-comment line.
 
     As in ClamAV: trailing CR/LF is stripped, ``#`` lines are comments, a blank line is malformed,
     and a file without any line is an error.
     """
-    if not data:
+    if not isinstance(data, ChangedLines) and not data:
         raise SignatureError(path, 0, "empty database file")
-    for number, raw in enumerate(physical_lines(chunks_of(data)), start=1):
+    for number, raw in numbered_lines(data):
         if not raw:
             raise SignatureError(path, number, "empty line")
         if raw[0] != 0x23:  # '#': a comment
@@ -56,11 +76,11 @@ def line_digest(line: bytes) -> bytes:
     return hashlib.blake2b(line, digest_size=8).digest()
 
 
-def line_records(data: bytes) -> bytearray:
+def line_records(data: bytes | ChangedLines) -> bytearray:
     """12 bytes a signature line (digest, line number big-endian), in line order: the line table of
     a source is built from these (database/linetable.py)."""
     out = bytearray()
-    for number, line in enumerate(physical_lines(chunks_of(data)), start=1):
+    for number, line in numbered_lines(data):
         if line[:1] != b"#":
             out += line_digest(line)
             out += number.to_bytes(4, "big")
