@@ -8,10 +8,15 @@ file and, inside a ``.cvd``/``.cld``, member by member:
 
 * a source present in both, with the same digest, is not read again: its signatures stay compiled
   in the base;
-* a source that disappeared or changed is tombstoned (its signatures stay in the base, filtered out
-  when scanning: database/layered.py);
-* the added and changed sources are parsed and compiled on their own into a new layer, whose ids
-  continue the base's.
+* a source that disappeared is tombstoned (its signatures stay in the base, filtered out when
+  scanning: database/layered.py);
+* a changed signature file (hash, body, logical, container-metadata lists) is compared line by line
+  with the line table of its version below (database/linetable.py): only its new lines are parsed,
+  its lines gone are tombstoned and the kept ones remapped to their new line numbers (a ``LineMap``
+  per older version, composed over layers).  A file whose lines were shuffled rather than edited, or
+  a changed ``.pdb``/``.wdb``/``.gdb``/``.cfg``, is compiled whole into the layer instead;
+* the added and changed sources are compiled on their own into a new layer, whose ids continue the
+  base's.
 
 The result is published under the cache key a whole compile would have, so it is what any process
 opening the same sources loads.  A whole compile is done instead (:class:`WholeCompile` says why)
