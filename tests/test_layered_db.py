@@ -309,3 +309,23 @@ def test_shuffled_file_is_compiled_whole_into_the_layer(tmp_path, monkeypatch) -
     hits = db.hash_tables[next(iter(db.hash_tables))].lookup(bytes.fromhex(f"{7:032x}"), 107)
     assert [(db.sources[h.source_index].path, h.line) for h in hits] == \
         [(str(db_dir / "a.hdb"), lines.index(f"{7:032x}:107:Shuffle.Test.7\n") + 1)]
+
+
+def test_layers_below_share_the_served_databases_hyperscan_and_columns(tmp_path: Path, cache: Path) -> None:
+    """A layered database loaded beside the one it was compiled on top of does not load the layers
+    below again: their Hyperscan databases and in-memory columns are the served one's (the reload's
+    memory, bench/README.md)."""
+    d = tmp_path / "db"
+    _initial(d)
+    open_database([str(d)])
+    base = open_database([str(d)])  # loaded from the cache, as a daemon's database always is
+    assert base.extra["compiled"] == "already compiled"
+    write(d / "added.ndb", _ndb(range(39, 40), "Layer.Shared"))
+    layered = open_database([str(d)], on_top_of=base.path)
+    assert layered.extra["compiled"].startswith("as a layer"), layered.extra
+    assert layered.bodies.layers[0].raw is base.bodies.raw is not None
+    key = next(iter(base.hash_tables))
+    below = layered.hash_tables[key].tables[0] if hasattr(layered.hash_tables[key], "tables") else \
+        layered.hash_tables[key]
+    assert below.prefix is base.hash_tables[key].prefix
+    assert layered.bodies.layers[-1].raw is not base.bodies.raw
