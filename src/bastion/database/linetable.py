@@ -23,6 +23,7 @@ from __future__ import annotations
 import bisect
 import json
 import os
+import sys
 from array import array
 from collections.abc import Iterable, Iterator
 
@@ -62,20 +63,31 @@ def sorted_run(records: bytes | bytearray, alerts: array | dict[int, int] | None
 
 
 def write_tables(directory: str, runs: Iterable[tuple[int, Iterable[bytes]]]) -> None:
-    """Write ``lines.table``/``lines.index`` from (source index, sorted records) runs."""
+    """Write ``lines.table``/``lines.index`` from (source index, sorted records) runs; a run is given
+    as pieces of one or more whole records."""
     index: dict[str, list[int]] = {}
     at = 0
     with open(os.path.join(directory, "lines.table"), "wb") as fh:
-        for source, records in runs:
+        for source, pieces in runs:
             count = total = 0
-            for rec in records:
-                fh.write(rec)
-                count += 1
-                total += int.from_bytes(rec[12:16], "big")
+            for piece in pieces:
+                fh.write(piece)
+                count += len(piece) // RECORD
+                total += _alerts_in(piece)
             index[str(source)] = [at, count, total]
             at += count
     with open(os.path.join(directory, "lines.index"), "w", encoding="utf-8") as fh:
         json.dump(index, fh, sort_keys=True)
+
+
+def _alerts_in(records: bytes) -> int:
+    """The alerts fields of whole records, summed."""
+    if len(records) == RECORD:
+        return int.from_bytes(records[12:16], "big")
+    words = array("I", records)
+    if sys.byteorder == "little":
+        words.byteswap()
+    return sum(words[3::4])
 
 
 def read_index(directory: str) -> dict[int, tuple[int, int, int]]:
@@ -112,20 +124,29 @@ class LineRun:
 
     def _bucket_starts(self) -> array:
         if self._prefix is None:
-            counts = array("I", bytes(4 * 65537))
-            for _pos, rec in self.records():
-                counts[((rec[0] << 8) | rec[1]) + 1] += 1
+            prefix = array("I", bytes(4 * 65537))
+            for start in range(0, self.count, _CHUNK):
+                chunk = self.read(start, min(self.count, start + _CHUNK))
+                keys = bytearray(2 * (len(chunk) // RECORD))  # each record's first two bytes
+                keys[0::2], keys[1::2] = chunk[0::RECORD], chunk[1::RECORD]
+                words = array("H", keys)
+                if sys.byteorder == "little":
+                    words.byteswap()
+                for key in words:
+                    prefix[key + 1] += 1
             for i in range(1, 65537):
-                counts[i] += counts[i - 1]
-            self._prefix = counts
+                prefix[i] += prefix[i - 1]
+            self._prefix = prefix
         return self._prefix
 
     def bucket(self, digest: bytes) -> tuple[int, bytes]:
         """(position of its first record, the records) of the run sharing ``digest``'s first two bytes."""
-        prefix = self._bucket_starts()
+        prefix = self._prefix if self._prefix is not None else self._bucket_starts()
         b = (digest[0] << 8) | digest[1]
         start, stop = prefix[b], prefix[b + 1]
-        return start, self.read(start, stop) if stop > start else b""
+        if stop <= start:
+            return start, b""
+        return start, os.pread(self._file.fileno(), (stop - start) * RECORD, (self.first + start) * RECORD)
 
 
 class LineMap:
