@@ -197,6 +197,37 @@ def test_self_check_reloads_a_changed_database_while_serving(tmp_path: Path, con
     assert reload_event["event"]["outcome"] == "success" and reload_event["bastion"]["signatures"] >= 2
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_reload_that_does_not_compile_is_refused_by_its_compile_child(tmp_path: Path, workers: int) -> None:
+    """A bad line in a changed file: the compile child (a fork of the supervisor, or a new interpreter
+    beside the threads of a one-process daemon) says why, the serving process does not compile the
+    database itself, and the old database keeps serving."""
+    extra = f"SelfCheck 1\nLogFile {tmp_path}/d.log\n"
+    with daemon(tmp_path, base_conf(tmp_path, extra), workers=workers) as proc:
+        sock = str(tmp_path / "d.sock")
+        bad = write(tmp_path / "db" / "bad.ndb",
+                    "Daemon.Ops.Fine:0:*:" + b"finefine".hex() + "\nDaemon.Ops.Bad:0:*:zz\n")
+        deadline = time.monotonic() + 60
+        while "Database reload failed" not in (tmp_path / "d.log").read_text():
+            assert time.monotonic() < deadline, (tmp_path / "d.log").read_text()
+            time.sleep(0.3)
+        text = (tmp_path / "d.log").read_text()
+        assert f"Database reload failed, still serving the previous database: {bad}:2:" in text, text
+        assert ask(sock, instream(b"a " + WORD)) == b"stream: Daemon.Ops.Body.UNOFFICIAL FOUND\0"
+        assert ask(sock, instream(b"finefine")) == b"stream: OK\0"
+        assert proc.poll() is None
+
+
+def test_compile_children_report_a_bad_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bastion.daemon.server import CompileFailed, _ensure_compiled
+
+    monkeypatch.setenv("BASTION_CACHE_DIR", str(tmp_path / "cache"))
+    bad = write(tmp_path / "db" / "x.hdb", "44d88612fea8a8f36de82e1278abb02f:68:Ok.Sig\nnot-a-hash-line\n")
+    for fork in (False, True):
+        with pytest.raises(CompileFailed, match=f"{re.escape(str(bad))}:2:"):
+            _ensure_compiled([str(tmp_path / "db")], False, fork=fork)
+
+
 def test_flood_past_the_queue_keeps_serving(tmp_path: Path) -> None:
     extra = "MaxThreads 2\nMaxQueue 4\nMaxConnectionQueueLength 8\nCommandReadTimeout 1\n"
     with daemon(tmp_path, base_conf(tmp_path, extra)) as proc:

@@ -208,7 +208,10 @@ class Daemon:
         self.cfg = cfg
         self.log = log
         self._paths = [cfg.database_directory] if cfg.database_directory else None
-        _ensure_compiled(self._paths, cfg.detect_pua)
+        try:
+            _ensure_compiled(self._paths, cfg.detect_pua)
+        except CompileFailed:
+            pass  # the load that follows fails the same way, and the start-up reports it
         self.engine, self.allmatch_engine = self._engines(open_database(self._paths, pua=cfg.detect_pua))
         self.started = time.time()
         self._stop = threading.Event()
@@ -279,7 +282,9 @@ class Daemon:
     def prepare_reload(self, fork: bool = False) -> None:
         """What every reload does first: note the database directory as it is now (SelfCheck), and
         compile it in a child unless that was done already (`bastion db`): then the reload only loads.
-        ``fork``: the child is a fork of this process (the single-threaded supervisor's way)."""
+        ``fork``: the child is a fork of this process (the single-threaded supervisor's way).  Raises
+        :class:`CompileFailed` when the new database does not compile: the reload stops there, so the
+        serving process never compiles it itself (a whole compile's memory, for an error)."""
         self._db_fingerprint = self._fingerprint()
         how = _ensure_compiled(self._paths, self.cfg.detect_pua, RELOAD_NICE, on_top_of=self.engine.db.path,
                                fork=fork)
@@ -653,10 +658,20 @@ def _reload_event(db: Database, failure: Exception | None) -> None:
                       outcome="failure", process="bastion daemon", db_version=db.version)
 
 
+class CompileFailed(Exception):
+    """The new database did not compile, in the child that compiled it; the message is the child's
+    error (for a bad signature line: its file and line)."""
+
+
+# the compile child's last line when it fails
+_FAILED = "compile failed: "
+
+
 def _ensure_compiled(paths: list[str] | None, pua: bool, nice: int = 0, on_top_of: str | None = None,
                      fork: bool = False) -> str:
     """Compile the database in a child process (:func:`_compile_in_child`, or :func:`_compile_in_fork`)
-    unless the cache holds it; returns how it was compiled ('' when it was not)."""
+    unless the cache holds it; returns how it was compiled ('' when it was not), raises
+    :class:`CompileFailed` when it does not compile."""
     if is_cached(paths, pua=pua):
         return ""
     if fork:
@@ -684,8 +699,8 @@ def _compile_in_fork(paths: list[str] | None, pua: bool, nice: int, on_top_of: s
 
             os.write(writable, compile_into_cache(paths, pua=pua, on_top_of=on_top_of).encode())
             code = 0
-        except BaseException:  # noqa: BLE001 - the daemon's own load that follows reports the error
-            pass
+        except Exception as exc:  # noqa: BLE001 - said to the parent, which reports it
+            os.write(writable, f"\n{_FAILED}{str(exc).replace(chr(10), ' ')}".encode(errors="replace"))
         finally:
             os._exit(code)
     os.close(writable)
@@ -694,15 +709,25 @@ def _compile_in_fork(paths: list[str] | None, pua: bool, nice: int, on_top_of: s
         for chunk in iter(lambda: fh.read(4096), b""):
             said += chunk
     _pid, status = os.waitpid(pid, 0)
-    return said.decode(errors="replace").strip() if os.waitstatus_to_exitcode(status) == 0 else ""
+    return _outcome(said.decode(errors="replace"), os.waitstatus_to_exitcode(status))
+
+
+def _outcome(said: str, code: int) -> str:
+    """How a compile child compiled, from what it said and its exit code; raises CompileFailed."""
+    last = said.strip().splitlines()[-1] if said.strip() else ""
+    if code == 0:
+        return last
+    if last.startswith(_FAILED):
+        raise CompileFailed(last[len(_FAILED):])
+    raise CompileFailed(f"the compile child exited with code {code}")
 
 
 def _compile_in_child(paths: list[str] | None, pua: bool, nice: int = 0, on_top_of: str | None = None) -> str:
     """Fill the compiled-database cache from a short-lived child process, so that the daemon itself only
     ever *loads* a compiled database: compiling 1.25M signatures peaks at ~700 MiB, which a long-lived
     process would keep (measured with bench/run_daemon_bench.py: 530 MiB PSS when the daemon compiled,
-    about 90 MiB when it loaded).  A database that does not compile fails again, with its error, in
-    the daemon's own load that follows.  A reload compiles with ``nice`` 10 (RELOAD_NICE), so that
+    about 90 MiB when it loaded).  A database that does not compile raises :class:`CompileFailed` with
+    the child's error.  A reload compiles with ``nice`` 10 (RELOAD_NICE), so that
     scans in progress keep the CPU: a reload under full load takes longer, live traffic does not.
 
     ``on_top_of``: the compiled database being served.  A reload compiles only the signature files
@@ -716,7 +741,12 @@ def _compile_in_child(paths: list[str] | None, pua: bool, nice: int = 0, on_top_
     root = os.path.dirname(os.path.dirname(os.path.abspath(bastion.__file__)))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     code = (f"import os, sys\nos.nice({int(nice)})\nfrom bastion.database.compiled import compile_into_cache\n"
-            "print(compile_into_cache(sys.argv[3:] or None, pua=sys.argv[1] == '1', on_top_of=sys.argv[2] or None))\n")
+            "try:\n"
+            "    print(compile_into_cache(sys.argv[3:] or None, pua=sys.argv[1] == '1',\n"
+            "                             on_top_of=sys.argv[2] or None))\n"
+            "except Exception as exc:\n"
+            f"    print({_FAILED!r} + str(exc).replace(chr(10), ' '))\n"
+            "    sys.exit(1)\n")
     done = subprocess.run([sys.executable, "-c", code, "1" if pua else "0", on_top_of or "", *(paths or [])],
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=False, text=True)
-    return done.stdout.strip().splitlines()[-1] if done.returncode == 0 and done.stdout.strip() else ""
+    return _outcome(done.stdout, done.returncode)

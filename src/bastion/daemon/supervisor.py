@@ -24,7 +24,7 @@ import os
 import signal
 import time
 
-from bastion.daemon.server import Daemon, DaemonLog, _reload_event, release_memory
+from bastion.daemon.server import CompileFailed, Daemon, DaemonLog, _reload_event, release_memory
 from bastion.database.compiled import open_database
 
 # a worker that dies sooner than this after its start is restarted only after this long (no fork storm)
@@ -107,7 +107,12 @@ class Supervisor:
     # ------------------------------------------------------------------ reload
     def reload(self) -> None:
         d = self.daemon
-        d.prepare_reload(fork=True)
+        try:
+            d.prepare_reload(fork=True)
+        except CompileFailed as exc:  # the old database and workers keep serving
+            self.log(f"Database reload failed, still serving the previous database: {exc}")
+            _reload_event(d.engine.db, exc)
+            return
         if d.cfg.concurrent_database_reload:
             try:
                 db = open_database(d._paths, pua=d.cfg.detect_pua)
