@@ -329,3 +329,40 @@ def test_layers_below_share_the_served_databases_hyperscan_and_columns(tmp_path:
         layered.hash_tables[key]
     assert below.prefix is base.hash_tables[key].prefix
     assert layered.bodies.layers[-1].raw is not base.bodies.raw
+
+
+def test_line_map_matches_a_plain_table_for_any_edit() -> None:
+    """LineMap.add/finish/then agree with a plain old-line -> new-line table, for random edits."""
+    import random
+
+    from bastion.database.linetable import LineMap
+
+    rng = random.Random(7)
+
+    def edit(lines: list[int]) -> tuple[list[int], dict[int, int]]:
+        """Some lines removed, some added, some moved; returns the new file (ids) and old->new."""
+        kept = [x for x in lines if rng.random() > 0.1]
+        if kept and rng.random() < 0.5:
+            kept.insert(rng.randrange(len(kept) + 1), kept.pop(rng.randrange(len(kept))))
+        new = list(kept)
+        for _ in range(rng.randrange(5)):
+            new.insert(rng.randrange(len(new) + 1), -1)
+        where = {x: n for n, x in enumerate(new, start=1) if x >= 0}
+        return [x if x >= 0 else -1 for x in new], where
+
+    for _ in range(200):
+        first = list(range(1, rng.randrange(1, 60)))
+        second, step1 = edit(first)
+        kept2 = [i for i, x in enumerate(second, start=1) if x >= 0]  # the lines new in it go next
+        third, step2 = edit(kept2)
+        m1, m2 = LineMap(), LineMap()
+        for old, new in sorted(step1.items(), key=lambda kv: kv[1]):
+            m1.add(old, new)
+        for old, new in sorted(step2.items(), key=lambda kv: kv[1]):
+            m2.add(old, new)
+        m1.finish()
+        m2.finish()
+        both = m1.then(m2)
+        for old in range(0, len(first) + 3):
+            assert m1[old] == step1.get(old, 0)
+            assert both[old] == step2.get(step1.get(old, 0), 0)
