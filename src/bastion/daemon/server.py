@@ -704,10 +704,8 @@ def _compile_in_fork(paths: list[str] | None, pua: bool, nice: int, on_top_of: s
         finally:
             os._exit(code)
     os.close(writable)
-    said = bytearray()
     with os.fdopen(readable, "rb") as fh:
-        for chunk in iter(lambda: fh.read(4096), b""):
-            said += chunk
+        said = fh.read()  # until the child exits
     _pid, status = os.waitpid(pid, 0)
     return _outcome(said.decode(errors="replace"), os.waitstatus_to_exitcode(status))
 

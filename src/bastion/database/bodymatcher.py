@@ -230,7 +230,7 @@ class BodyMatcher:
         records = Blob(os.path.join(directory, "bodies.records"))
         matcher = cls(index, records, None, None, modes)
         matcher.raw, matcher.normalized = raw.db, normalized.db
-        matcher._held = (raw, normalized)  # keeps them in _LOADED while this matcher lives
+        matcher._held = (raw, normalized)  # keeps them shared (mapping.load_shared) while this matcher lives
         return matcher
 
     def mode_counts(self) -> dict[str, int]:

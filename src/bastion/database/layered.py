@@ -31,6 +31,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import os
+from typing import TypeVar
 
 import hyperscan
 
@@ -38,7 +39,10 @@ from bastion.database.bodymatcher import BodyEntry, BodyMatcher
 from bastion.database.hashtable import HashHit, HashTable
 from bastion.database.linetable import LineMap
 from bastion.database.logicmatcher import LogicMatcher
-from bastion.signatures.model import HashKind, HashPurpose
+from bastion.signatures.model import ContainerRule, FileTypeMagic, HashKind, HashPurpose
+
+# what a layered database carries over from its layers by source and line
+T = TypeVar("T", FileTypeMagic, ContainerRule)
 
 # a body signature of a tombstoned source: fits no file type, so it is never confirmed
 DEAD_TARGET = -1
@@ -66,6 +70,15 @@ class Liveness:
         owner, lines = moved
         now = lines[line]
         return (owner, now) if now else None
+
+    def kept(self, items: list[T]) -> list[T]:
+        """The file type magic or container rules still there, on the source and line they are on now."""
+        out = []
+        for item in items:
+            now = self.where(item.source_index, item.line)
+            if now is not None:
+                out.append(dataclasses.replace(item, source_index=now[0], line=now[1]))
+        return out
 
 
 class LayeredHashTable:
@@ -181,16 +194,8 @@ def load_layered(directory: str, manifest: dict) -> object:
     for key in keys:
         present = [layer.hash_tables[key] for layer in layers if key in layer.hash_tables]
         tables[key] = present[0] if len(present) == 1 and not live.touched else LayeredHashTable(present, live)
-    filetypes = []
-    for m in (m for layer in layers for m in layer.filetypes):
-        now = live.where(m.source_index, m.line)
-        if now is not None:
-            filetypes.append(dataclasses.replace(m, source_index=now[0], line=now[1]))
-    container_rules = []
-    for r in (r for layer in layers for r in layer.container_rules):
-        now = live.where(r.source_index, r.line)
-        if now is not None:
-            container_rules.append(dataclasses.replace(r, source_index=now[0], line=now[1]))
+    filetypes = live.kept([m for layer in layers for m in layer.filetypes])
+    container_rules = live.kept([r for layer in layers for r in layer.container_rules])
     yara = next((layer.yara for layer in layers if layer.yara is not None), None)
     return Database(
         version=manifest["version"],

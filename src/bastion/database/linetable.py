@@ -28,7 +28,7 @@ from array import array
 from collections.abc import Iterable, Iterator
 
 RECORD = 16
-_CHUNK = 4096  # records read at a time when a run is streamed
+_CHUNK = 4096  # records read or counted at a time
 
 
 def sorted_run(records: bytes | bytearray, alerts: array | dict[int, int] | None) -> Iterator[bytes]:
@@ -37,11 +37,8 @@ def sorted_run(records: bytes | bytearray, alerts: array | dict[int, int] | None
     bytearray), then each small bucket sorted: sorting a 1M-line file's records as one list of
     bytes held ~50 MiB more at a whole compile's peak (measured on the benchmark database)."""
     size = len(records)
-    starts = array("I", bytes(4 * 65537))
-    for at in range(0, size, 12):
-        starts[((records[at] << 8) | records[at + 1]) + 1] += 1
-    for b in range(1, 65537):
-        starts[b] += starts[b - 1]
+    step = _CHUNK * 12
+    starts = _bucket_starts(records[at:at + step] for at in range(0, size, step))
     placed = bytearray(size)
     free = array("I", starts)
     for at in range(0, size, 12):
@@ -60,6 +57,25 @@ def sorted_run(records: bytes | bytearray, alerts: array | dict[int, int] | None
             else:
                 n = alerts[line] if alerts is not None and line < len(alerts) else 0
             yield row + n.to_bytes(4, "big")
+
+
+def _bucket_starts(chunks: Iterable[bytes], width: int = 12) -> array:
+    """Where each of the 65,536 buckets (a record's first two bytes) starts, for records of ``width``
+    bytes given a chunk at a time: element ``b`` is the number of records in buckets below ``b``
+    (65,537 elements).  The keys are picked out with slices and counted from an array, not record by
+    record from the bytes: 2x faster on a 1M-line run."""
+    starts = array("I", bytes(4 * 65537))
+    for chunk in chunks:
+        keys = bytearray(2 * (len(chunk) // width))
+        keys[0::2], keys[1::2] = chunk[0::width], chunk[1::width]
+        words = array("H", keys)
+        if sys.byteorder == "little":
+            words.byteswap()
+        for key in words:
+            starts[key + 1] += 1
+    for b in range(1, 65537):
+        starts[b] += starts[b - 1]
+    return starts
 
 
 def write_tables(directory: str, runs: Iterable[tuple[int, Iterable[bytes]]]) -> None:
@@ -115,28 +131,10 @@ class LineRun:
         """Records ``start`` to ``stop`` of the run, as bytes."""
         return os.pread(self._file.fileno(), (stop - start) * RECORD, (self.first + start) * RECORD)
 
-    def records(self) -> Iterator[tuple[int, bytes]]:
-        """(position, record) for every record, in order."""
-        for start in range(0, self.count, _CHUNK):
-            chunk = self.read(start, min(self.count, start + _CHUNK))
-            for i in range(0, len(chunk), RECORD):
-                yield start + i // RECORD, chunk[i:i + RECORD]
-
     def _bucket_starts(self) -> array:
         if self._prefix is None:
-            prefix = array("I", bytes(4 * 65537))
-            for start in range(0, self.count, _CHUNK):
-                chunk = self.read(start, min(self.count, start + _CHUNK))
-                keys = bytearray(2 * (len(chunk) // RECORD))  # each record's first two bytes
-                keys[0::2], keys[1::2] = chunk[0::RECORD], chunk[1::RECORD]
-                words = array("H", keys)
-                if sys.byteorder == "little":
-                    words.byteswap()
-                for key in words:
-                    prefix[key + 1] += 1
-            for i in range(1, 65537):
-                prefix[i] += prefix[i - 1]
-            self._prefix = prefix
+            self._prefix = _bucket_starts((self.read(start, min(self.count, start + _CHUNK))
+                                           for start in range(0, self.count, _CHUNK)), RECORD)
         return self._prefix
 
     def bucket(self, digest: bytes) -> tuple[int, bytes]:

@@ -255,9 +255,10 @@ def _load_container(cand: SourceCandidate, sigset: SignatureSet, parsers: dict, 
             if role == "ignore":  # an ignore list applies to the new files too
                 parsers[role](member_path, data, -1, official)
             continue
+        text = reused if isinstance(reused, ChangedLines) else data
         index = sigset.add_source(member_path, sha256, official)
-        parsers[role](member_path, data if reused is False else reused, index, official)
-        sigset.line_records[index] = line_records(data if reused is False else reused)
+        parsers[role](member_path, text, index, official)
+        sigset.line_records[index] = line_records(text)
         sigset.report.loaded_files.append(member_path)
 
 
